@@ -1,0 +1,265 @@
+//! A cache and atomic windowed counters, in process by default and in Redis when `cache.url` is a
+//! `redis://` URL.
+//!
+//! The cache is an accelerator: when Redis fails, reads miss and writes are dropped, with a warning, so
+//! callers fall back to their database. Invalidation and counters report failures, because callers must
+//! decide: a profile write whose invalidation failed must not let a stale copy be served, and a
+//! marketing frequency cap that cannot be counted fails closed.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use redis::{AsyncCommands, aio::ConnectionManager};
+
+/// A cache or counter backend failure.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// `cache.url` is malformed.
+    #[error("cache.url: {0}")]
+    BadUrl(String),
+    /// Redis did not answer in time or refused.
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl rapport_errors::DomainError for CacheError {
+    fn error_code(&self) -> rapport_errors::ErrorCode {
+        match self {
+            CacheError::BadUrl(_) => rapport_errors::ErrorCode::InvalidArgument,
+            CacheError::Unavailable(_) => rapport_errors::ErrorCode::Unavailable,
+        }
+    }
+}
+
+impl From<redis::RedisError> for CacheError {
+    fn from(e: redis::RedisError) -> Self {
+        CacheError::Unavailable(e.to_string())
+    }
+}
+
+/// Settings for [`Cache::connect`].
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    /// Empty for in-process, or a `redis://` URL.
+    pub url: String,
+    /// Entries kept in process.
+    pub capacity: u64,
+    /// How long a Redis command may take.
+    pub timeout: Duration,
+}
+
+#[derive(Clone)]
+struct Entry {
+    value: Bytes,
+    ttl: Duration,
+}
+
+struct PerEntryTtl;
+
+impl moka::Expiry<String, Entry> for PerEntryTtl {
+    fn expire_after_create(&self, _key: &String, value: &Entry, _now: Instant) -> Option<Duration> {
+        Some(value.ttl)
+    }
+    fn expire_after_update(&self, _key: &String, value: &Entry, _now: Instant, _d: Option<Duration>) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// The shared store behind the cache and the counters.
+#[derive(Clone)]
+pub struct Cache(Store);
+
+#[derive(Clone)]
+enum Store {
+    /// In this process only: right for one process (all-in-one, tests).
+    Local { entries: moka::future::Cache<String, Entry>, counters: LocalCounters },
+    /// Shared by every replica.
+    Redis { conn: ConnectionManager, timeout: Duration },
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Store::Local { .. } => "Cache::Local",
+            Store::Redis { .. } => "Cache::Redis",
+        })
+    }
+}
+
+impl Cache {
+    /// An in-process cache of `capacity` entries.
+    pub fn local(capacity: u64) -> Self {
+        let entries = moka::future::Cache::builder().max_capacity(capacity).expire_after(PerEntryTtl).build();
+        Cache(Store::Local { entries, counters: LocalCounters::default() })
+    }
+
+    /// The configured backend; a Redis URL must answer at start-up.
+    pub async fn connect(settings: &CacheSettings) -> Result<Self, CacheError> {
+        if settings.url.is_empty() {
+            return Ok(Self::local(settings.capacity));
+        }
+        if !(settings.url.starts_with("redis://") || settings.url.starts_with("rediss://")) {
+            return Err(CacheError::BadUrl("expected empty (in-process) or redis://host:port".into()));
+        }
+        let client = redis::Client::open(settings.url.as_str()).map_err(|e| CacheError::BadUrl(e.to_string()))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.timeout.max(Duration::from_millis(500))))
+            .set_response_timeout(Some(settings.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = tokio::time::timeout(
+            settings.timeout.max(Duration::from_secs(2)),
+            client.get_connection_manager_with_config(config),
+        )
+        .await
+        .map_err(|_| CacheError::Unavailable("timed out connecting to redis".into()))??;
+        Ok(Cache(Store::Redis { conn, timeout: settings.timeout }))
+    }
+
+    /// Whether the store is shared between processes.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.0, Store::Redis { .. })
+    }
+
+    /// The cached value, or `None` on a miss or when Redis fails.
+    pub async fn get(&self, key: &str) -> Option<Bytes> {
+        match &self.0 {
+            Store::Local { entries, .. } => entries.get(key).await.map(|e| e.value),
+            Store::Redis { conn, timeout } => {
+                let mut conn = conn.clone();
+                match tokio::time::timeout(*timeout, conn.get::<_, Option<Vec<u8>>>(key)).await {
+                    Ok(Ok(v)) => v.map(Bytes::from),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "cache read failed, bypassing");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::warn!("cache read timed out, bypassing");
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stores a value for `ttl`; a Redis failure is logged and ignored.
+    pub async fn set(&self, key: &str, value: Bytes, ttl: Duration) {
+        match &self.0 {
+            Store::Local { entries, .. } => entries.insert(key.to_string(), Entry { value, ttl }).await,
+            Store::Redis { conn, timeout } => {
+                let mut conn = conn.clone();
+                let ms = ttl.as_millis().max(1) as u64;
+                let write = conn.pset_ex::<_, _, ()>(key, value.as_ref(), ms);
+                match tokio::time::timeout(*timeout, write).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cache write failed"),
+                    Err(_) => tracing::warn!("cache write timed out"),
+                }
+            }
+        }
+    }
+
+    /// Removes a key. Callers that cache derived state must treat an error as "the cache may be stale".
+    pub async fn invalidate(&self, key: &str) -> Result<(), CacheError> {
+        match &self.0 {
+            Store::Local { entries, .. } => {
+                entries.invalidate(key).await;
+                Ok(())
+            }
+            Store::Redis { conn, timeout } => {
+                let mut conn = conn.clone();
+                tokio::time::timeout(*timeout, conn.del::<_, ()>(key))
+                    .await
+                    .map_err(|_| CacheError::Unavailable("timed out".into()))??;
+                Ok(())
+            }
+        }
+    }
+
+    /// Adds `by` to the counter `key` in the fixed window that started when the key was first counted,
+    /// and returns the new total. Atomic across every process sharing the store.
+    pub async fn incr_window(&self, key: &str, by: i64, window: Duration) -> Result<i64, CacheError> {
+        match &self.0 {
+            Store::Local { counters, .. } => Ok(counters.incr(key, by, window)),
+            Store::Redis { conn, timeout } => {
+                let mut conn = conn.clone();
+                // INCRBY and PEXPIRE NX in one transaction: the window starts at the first increment.
+                let ms = window.as_millis().max(1) as u64;
+                let mut pipe = redis::pipe();
+                pipe.atomic().incr(key, by).cmd("PEXPIRE").arg(key).arg(ms).arg("NX").ignore();
+                let (total,): (i64,) = tokio::time::timeout(*timeout, pipe.query_async(&mut conn))
+                    .await
+                    .map_err(|_| CacheError::Unavailable("timed out".into()))??;
+                Ok(total)
+            }
+        }
+    }
+
+    /// The current value of a counter (0 when absent or expired).
+    pub async fn counter(&self, key: &str) -> Result<i64, CacheError> {
+        match &self.0 {
+            Store::Local { counters, .. } => Ok(counters.get(key)),
+            Store::Redis { conn, timeout } => {
+                let mut conn = conn.clone();
+                let v: Option<i64> = tokio::time::timeout(*timeout, conn.get(key))
+                    .await
+                    .map_err(|_| CacheError::Unavailable("timed out".into()))??;
+                Ok(v.unwrap_or(0))
+            }
+        }
+    }
+
+    /// Sets `key` only if it does not exist, for `ttl`; true when this call set it (idempotency keys).
+    pub async fn set_if_absent(&self, key: &str, ttl: Duration) -> Result<bool, CacheError> {
+        match &self.0 {
+            Store::Local { counters, .. } => Ok(counters.incr(key, 1, ttl) == 1),
+            Store::Redis { conn, timeout } => {
+                let mut conn = conn.clone();
+                let ms = ttl.as_millis().max(1) as u64;
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(key).arg(1).arg("NX").arg("PX").arg(ms);
+                let set: Option<String> = tokio::time::timeout(*timeout, cmd.query_async(&mut conn))
+                    .await
+                    .map_err(|_| CacheError::Unavailable("timed out".into()))??;
+                Ok(set.is_some())
+            }
+        }
+    }
+}
+
+/// Windowed counters in this process, sharded to keep lock hold times short.
+#[derive(Clone, Default)]
+struct LocalCounters {
+    shards: Arc<[Mutex<HashMap<String, (i64, Instant)>>; 16]>,
+}
+
+impl LocalCounters {
+    fn shard(&self, key: &str) -> &Mutex<HashMap<String, (i64, Instant)>> {
+        let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        &self.shards[(h % 16) as usize]
+    }
+
+    fn incr(&self, key: &str, by: i64, window: Duration) -> i64 {
+        let now = Instant::now();
+        let mut map = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 4096 {
+            map.retain(|_, (_, expires)| *expires > now);
+        }
+        let entry = map.entry(key.to_string()).or_insert((0, now + window));
+        if entry.1 <= now {
+            *entry = (0, now + window);
+        }
+        entry.0 += by;
+        entry.0
+    }
+
+    fn get(&self, key: &str) -> i64 {
+        let now = Instant::now();
+        let map = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
+        map.get(key).filter(|(_, e)| *e > now).map(|(v, _)| *v).unwrap_or(0)
+    }
+}

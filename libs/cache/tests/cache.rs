@@ -1,0 +1,88 @@
+//! The cache suite: runs in process, and on Redis when RAPPORT_TEST_REDIS_URL is set.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use rapport_cache::{Cache, CacheSettings};
+
+async fn cache() -> Cache {
+    let url = std::env::var("RAPPORT_TEST_REDIS_URL").unwrap_or_default();
+    Cache::connect(&CacheSettings { url, capacity: 1000, timeout: Duration::from_secs(1) }).await.unwrap()
+}
+
+fn key(name: &str) -> String {
+    format!("test:{}:{name}", uuid::Uuid::new_v4().simple())
+}
+
+#[tokio::test]
+async fn set_get_invalidate() {
+    let c = cache().await;
+    let k = key("profile");
+    assert_eq!(c.get(&k).await, None);
+    c.set(&k, Bytes::from_static(b"v1"), Duration::from_secs(60)).await;
+    assert_eq!(c.get(&k).await, Some(Bytes::from_static(b"v1")));
+    c.invalidate(&k).await.unwrap();
+    assert_eq!(c.get(&k).await, None);
+}
+
+#[tokio::test]
+async fn entries_expire() {
+    let c = cache().await;
+    let k = key("short");
+    c.set(&k, Bytes::from_static(b"v"), Duration::from_millis(50)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(c.get(&k).await, None);
+}
+
+#[tokio::test]
+async fn counters_are_atomic_and_windowed() {
+    let c = cache().await;
+    let k = key("cap");
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let c = c.clone();
+        let k = k.clone();
+        tasks.push(tokio::spawn(async move { c.incr_window(&k, 1, Duration::from_secs(60)).await.unwrap() }));
+    }
+    let mut totals = Vec::new();
+    for t in tasks {
+        totals.push(t.await.unwrap());
+    }
+    totals.sort();
+    assert_eq!(totals, (1..=20).collect::<Vec<_>>());
+    assert_eq!(c.counter(&k).await.unwrap(), 20);
+
+    let short = key("window");
+    assert_eq!(c.incr_window(&short, 2, Duration::from_millis(100)).await.unwrap(), 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(c.counter(&short).await.unwrap(), 0);
+    assert_eq!(c.incr_window(&short, 1, Duration::from_millis(100)).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn set_if_absent_wins_once() {
+    let c = cache().await;
+    let k = key("idem");
+    assert!(c.set_if_absent(&k, Duration::from_secs(60)).await.unwrap());
+    assert!(!c.set_if_absent(&k, Duration::from_secs(60)).await.unwrap());
+}
+
+#[tokio::test]
+async fn bad_url_is_named() {
+    let err = Cache::connect(&CacheSettings { url: "memcached://x".into(), capacity: 1, timeout: Duration::from_secs(1) })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cache.url"), "{err}");
+}
+
+#[tokio::test]
+async fn unreachable_redis_fails_at_start_up() {
+    let err = Cache::connect(&CacheSettings {
+        url: "redis://127.0.0.1:1".into(),
+        capacity: 1,
+        timeout: Duration::from_millis(300),
+    })
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("redis"), "{err}");
+}

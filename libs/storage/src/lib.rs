@@ -1,0 +1,71 @@
+//! Storage shared by every service: a pool from a URL (`sqlite://DIR` or `postgres://...`), each
+//! service's migrations on both backends, the transactional outbox with a resumable reader, and the
+//! persisted cursors of the feeds a service consumes.
+//!
+//! Code that must run on both backends matches on [`Db`] or [`Tx`] with [`on_db!`] and [`on_tx!`],
+//! which expand the same body once per backend: queries are written once, with `$1`-style placeholders
+//! that SQLite and PostgreSQL both understand.
+
+mod db;
+mod outbox;
+pub mod testing;
+
+pub use db::{Backend, Db, PoolSettings, Tx, connect, migrate};
+pub use outbox::{Cursors, Outbox, OutboxMessage, OutboxRow};
+pub use sqlx;
+
+/// A storage failure. Connection problems are `Unavailable`; everything else is internal.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The URL is malformed or names an unsupported backend.
+    #[error("storage.url: {0}")]
+    BadUrl(String),
+    /// The database cannot be reached.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Migrations failed.
+    #[error("migrations of {service} failed: {message}")]
+    Migration { service: String, message: String },
+    /// A query failed.
+    #[error("query failed: {0}")]
+    Query(#[from] sqlx::Error),
+}
+
+impl StorageError {
+    /// Whether the failure is a lost or refused connection, worth retrying later.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StorageError::Unavailable(_) => true,
+            StorageError::Query(e) => is_connection_error(e),
+            _ => false,
+        }
+    }
+}
+
+fn is_connection_error(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_)
+    )
+}
+
+impl rapport_errors::DomainError for StorageError {
+    fn error_code(&self) -> rapport_errors::ErrorCode {
+        if self.is_unavailable() {
+            rapport_errors::ErrorCode::Unavailable
+        } else {
+            rapport_errors::ErrorCode::Internal
+        }
+    }
+}
+
+impl From<StorageError> for tonic::Status {
+    fn from(e: StorageError) -> Self {
+        rapport_errors::to_status(&e)
+    }
+}
+
+/// Milliseconds since the Unix epoch: the one time representation stored on both backends.
+pub fn now_millis() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

@@ -1,0 +1,123 @@
+//! Starts Rapport for a test: all services (or a chosen few) on port 0, with a temporary data
+//! directory, or on a fresh PostgreSQL database when `RAPPORT_TEST_DATABASE_URL` is set and on Redis
+//! when `RAPPORT_TEST_REDIS_URL` is set. Everything is removed when the suite is dropped.
+
+use std::time::Duration;
+
+use rapport::Server;
+use rapport_config::{Overrides, Settings};
+use rapport_storage::testing::TestDatabase;
+
+pub use rapport_storage::testing;
+
+/// A running suite and the storage it owns.
+pub struct TestSuite {
+    server: Option<Server>,
+    /// The storage of this suite; shared by every process of a split suite.
+    pub storage: std::sync::Arc<TestDatabase>,
+    /// `http://127.0.0.1:PORT` of the gRPC port.
+    pub grpc_url: String,
+    /// `http://127.0.0.1:PORT` of the HTTP port.
+    pub http_url: String,
+    /// The admin bearer token.
+    pub admin_token: String,
+}
+
+/// How to start a suite.
+#[derive(Debug, Default, Clone)]
+pub struct SuiteOptions {
+    /// Services to run; empty means all.
+    pub services: Vec<String>,
+    /// Extra configuration as `RAPPORT__SECTION__KEY` pairs.
+    pub env: Vec<(String, String)>,
+}
+
+impl SuiteOptions {
+    /// Only these services.
+    pub fn services(names: &[&str]) -> Self {
+        Self { services: names.iter().map(|s| s.to_string()).collect(), env: Vec::new() }
+    }
+
+    /// Adds a configuration value (`key` like `clients.identity`).
+    pub fn set(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.env.push((format!("RAPPORT__{}", key.replace('.', "__").to_ascii_uppercase()), value.into()));
+        self
+    }
+}
+
+impl TestSuite {
+    /// All five services on fresh storage.
+    pub async fn start() -> Self {
+        Self::start_with(SuiteOptions::default()).await
+    }
+
+    /// A suite as described by `options`, on fresh storage.
+    pub async fn start_with(options: SuiteOptions) -> Self {
+        let storage = std::sync::Arc::new(TestDatabase::new().await);
+        Self::start_on(storage, options).await
+    }
+
+    /// A suite on existing storage (for split suites and restarts).
+    pub async fn start_on(storage: std::sync::Arc<TestDatabase>, options: SuiteOptions) -> Self {
+        let settings = Self::settings(&storage, &options).expect("test configuration is valid");
+        let server = rapport::start(settings).await.expect("suite starts");
+        Self {
+            grpc_url: format!("http://{}", server.grpc_addr),
+            http_url: format!("http://{}", server.http_addr),
+            admin_token: server.admin_token.clone(),
+            server: Some(server),
+            storage,
+        }
+    }
+
+    /// The settings a suite on `storage` would run with.
+    pub fn settings(storage: &TestDatabase, options: &SuiteOptions) -> anyhow::Result<Settings> {
+        let mut env = vec![
+            ("RAPPORT__STORAGE__URL".to_string(), storage.url.clone()),
+            ("RAPPORT__STORAGE__MAX_CONNECTIONS".to_string(), "8".to_string()),
+            ("RAPPORT__TELEMETRY__LOG_FILTER".to_string(), "warn".to_string()),
+        ];
+        if let Ok(redis) = std::env::var("RAPPORT_TEST_REDIS_URL") {
+            env.push(("RAPPORT__CACHE__URL".to_string(), redis));
+        }
+        env.extend(options.env.iter().cloned());
+        let overrides = Overrides {
+            data_dir: Some(storage.data_dir.path().to_path_buf()),
+            grpc_listen: Some("127.0.0.1:0".into()),
+            http_listen: Some("127.0.0.1:0".into()),
+            services: (!options.services.is_empty()).then(|| options.services.clone()),
+        };
+        Ok(Settings::load_with_env(None, &overrides, env)?)
+    }
+
+    /// A connected channel to the gRPC port.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(self.grpc_url.clone())
+            .expect("url")
+            .timeout(Duration::from_secs(30))
+            .connect()
+            .await
+            .expect("grpc port answers")
+    }
+
+    /// `message` as a request carrying the admin token.
+    pub fn admin<T>(&self, message: T) -> tonic::Request<T> {
+        with_token(message, &self.admin_token)
+    }
+
+    /// Stops the suite, letting in-flight calls finish.
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.expect("clean shutdown");
+        }
+    }
+}
+
+/// `message` as a request carrying `token`.
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().expect("token is a valid header"));
+    request
+}

@@ -1,0 +1,183 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use rapport_config::{Overrides, Settings};
+use rapport_proto::common::v1::{PingRequest, diagnostics_service_client::DiagnosticsServiceClient};
+
+/// Rapport: one-to-one marketing as five gRPC services.
+#[derive(Debug, Parser)]
+#[command(name = "rapport", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run services: all of them by default, embedded storage unless configured otherwise.
+    Serve(ServeArgs),
+    /// Apply every selected service's database migrations and exit.
+    Migrate(MigrateArgs),
+    /// Call Diagnostics.Ping on a running server with your token (the admin token by default).
+    Ping(ClientArgs),
+    /// Show the gRPC health of every service of a running server (no token needed).
+    Health(ClientArgs),
+}
+
+#[derive(Debug, Args)]
+struct ConfigArgs {
+    /// TOML configuration file, layered over the embedded defaults and under RAPPORT__SECTION__KEY.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directory for embedded storage and the admin token [default: ./data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Services to run: all, or a comma-separated list of identity, consent, profile, decision, delivery.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    services: Option<Vec<String>>,
+    /// gRPC address shared by every service [default: 127.0.0.1:50051].
+    #[arg(long, value_name = "ADDR")]
+    grpc_listen: Option<String>,
+    /// HTTP address for health, metrics, tracking and unsubscribe [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct MigrateArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Services to migrate: all, or a comma-separated list.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    services: Option<Vec<String>>,
+}
+
+#[derive(Debug, Args)]
+struct ClientArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Server address [default: http:// + server.grpc_listen].
+    #[arg(long, value_name = "URL")]
+    endpoint: Option<String>,
+    /// Bearer token [default: the admin token file of the data directory].
+    #[arg(long, env = "RAPPORT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+fn load(config: &ConfigArgs, services: Option<Vec<String>>, grpc: Option<String>, http: Option<String>) -> anyhow::Result<Settings> {
+    let overrides = Overrides { data_dir: config.data_dir.clone(), grpc_listen: grpc, http_listen: http, services };
+    Ok(Settings::load(config.config.as_deref(), &overrides)?)
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Migrate(args) => {
+            let settings = load(&args.config, args.services, None, None)?;
+            let _telemetry = rapport_telemetry::init(&settings.telemetry)?;
+            let migrated = rapport::services::migrate_all(&settings).await?;
+            println!("migrated: {}", migrated.join(", "));
+            Ok(())
+        }
+        Command::Ping(args) => ping(args).await,
+        Command::Health(args) => health(args).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let settings = load(&args.config, args.services, args.grpc_listen, args.http_listen)?;
+    let _telemetry = rapport_telemetry::init(&settings.telemetry)?;
+    let server = rapport::start(settings).await?;
+    if server.admin_token_created {
+        println!("created an admin token in {} (the CLI uses it by default)", server.admin_token_path.display());
+    } else {
+        println!("admin token: {}", server.admin_token_path.display());
+    }
+    println!(
+        "serving {} on grpc {} and http {}",
+        server.services.join(", "),
+        server.grpc_addr,
+        server.http_addr
+    );
+    server.run_until_signal().await
+}
+
+struct Target {
+    endpoint: String,
+    token: Option<String>,
+}
+
+fn target(args: &ClientArgs) -> anyhow::Result<Target> {
+    let settings = load(&args.config, None, None, None)?;
+    let endpoint = args.endpoint.clone().unwrap_or_else(|| format!("http://{}", settings.server.grpc_listen));
+    let token = match &args.token {
+        Some(t) => Some(t.clone()),
+        None => {
+            let path = rapport::services::admin_token_path(&settings);
+            std::fs::read_to_string(&path).ok().map(|t| t.trim().to_string())
+        }
+    };
+    Ok(Target { endpoint, token })
+}
+
+async fn channel(endpoint: &str) -> anyhow::Result<tonic::transport::Channel> {
+    tonic::transport::Endpoint::from_shared(endpoint.to_string())
+        .with_context(|| format!("--endpoint `{endpoint}`"))?
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {endpoint}"))
+}
+
+async fn ping(args: ClientArgs) -> anyhow::Result<()> {
+    let target = target(&args)?;
+    let token = target.token.context("no token: pass --token or RAPPORT_TOKEN, or run where the data directory holds admin.token")?;
+    let mut client = DiagnosticsServiceClient::new(channel(&target.endpoint).await?);
+    let mut request = tonic::Request::new(PingRequest { payload: b"ping".to_vec() });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().context("--token holds characters not allowed in a header")?,
+    );
+    let start = std::time::Instant::now();
+    client.ping(request).await.map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?;
+    println!("pong from {} in {:.2} ms", target.endpoint, start.elapsed().as_secs_f64() * 1000.0);
+    Ok(())
+}
+
+async fn health(args: ClientArgs) -> anyhow::Result<()> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let target = target(&args)?;
+    let mut client = HealthClient::new(channel(&target.endpoint).await?);
+    let mut all_serving = true;
+    for name in [
+        "rapport.identity.v1.IdentityService",
+        "rapport.consent.v1.ConsentService",
+        "rapport.profile.v1.ProfileService",
+        "rapport.decision.v1.DecisionService",
+        "rapport.delivery.v1.DeliveryService",
+    ] {
+        let status = match client.check(HealthCheckRequest { service: name.to_string() }).await {
+            Ok(r) => format!("{:?}", r.into_inner().status()),
+            Err(s) if s.code() == tonic::Code::NotFound => "NOT_RUNNING_HERE".to_string(),
+            Err(s) => {
+                all_serving = false;
+                format!("ERROR {}", s.message())
+            }
+        };
+        println!("{name:40} {status}");
+    }
+    if !all_serving {
+        anyhow::bail!("health check failed");
+    }
+    Ok(())
+}
