@@ -6,7 +6,6 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use prost::Message;
 use prost_reflect::{DescriptorPool, Value};
 
 fn collect(dir: &Path, root: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
@@ -33,11 +32,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }
 
-    let fds = protox::compile(&files, [&root])?;
+    // The compiler's own descriptor pool keeps the custom method options (prost's FileDescriptorSet would
+    // drop them as unknown fields).
+    let mut compiler = protox::Compiler::new([&root])?;
+    compiler.include_imports(true).include_source_info(true);
+    compiler.open_files(&files)?;
+    let pool: DescriptorPool = compiler.descriptor_pool();
+    let fds = compiler.file_descriptor_set();
     let out = PathBuf::from(env::var("OUT_DIR")?);
-    fs::write(out.join("rapport_descriptor.bin"), fds.encode_to_vec())?;
+    fs::write(
+        out.join("rapport_descriptor.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
 
-    let pool = DescriptorPool::decode(fds.encode_to_vec().as_slice())?;
     let scope_ext = pool
         .get_extension_by_name("rapport.common.v1.required_scope")
         .ok_or("the extension rapport.common.v1.required_scope is not defined in proto/")?;

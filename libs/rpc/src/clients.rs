@@ -26,7 +26,11 @@ pub type Transport = BoxCloneSyncService<http::Request<Body>, http::Response<Bod
 /// internal principal, since they never crossed the network.
 pub fn local_transport<S>(server: S) -> Transport
 where
-    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible> + Clone + Send + Sync + 'static,
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
     S::Future: Send + 'static,
 {
     let principal = Principal::internal("in-process");
@@ -50,12 +54,14 @@ pub fn remote_transport(url: &str, token: &str, timeout: Duration) -> anyhow::Re
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30));
     let channel = endpoint.connect_lazy();
-    let bearer = http::HeaderValue::from_str(&format!("Bearer {token}"))
-        .map_err(|_| anyhow::anyhow!("clients.token_file: the token holds characters not allowed in a header"))?;
+    let bearer = http::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+        anyhow::anyhow!("clients.token_file: the token holds characters not allowed in a header")
+    })?;
     Ok(BoxCloneSyncService::new(
         ServiceBuilder::new()
             .map_request(move |mut req: http::Request<Body>| {
-                req.headers_mut().insert(http::header::AUTHORIZATION, bearer.clone());
+                req.headers_mut()
+                    .insert(http::header::AUTHORIZATION, bearer.clone());
                 rapport_telemetry::inject_current_context(req.headers_mut());
                 req
             })
@@ -76,7 +82,12 @@ pub struct Clients {
 
 impl std::fmt::Debug for Clients {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let wired: Vec<_> = SERVICES.iter().zip(self.slots.iter()).filter(|(_, s)| s.get().is_some()).map(|(n, _)| *n).collect();
+        let wired: Vec<_> = SERVICES
+            .iter()
+            .zip(self.slots.iter())
+            .filter(|(_, s)| s.get().is_some())
+            .map(|(n, _)| *n)
+            .collect();
         f.debug_struct("Clients").field("wired", &wired).finish()
     }
 }
@@ -110,7 +121,10 @@ impl Clients {
 
     /// Whether `service` can be called.
     pub fn is_wired(&self, service: &str) -> bool {
-        SERVICES.iter().position(|s| *s == service).is_some_and(|i| self.slots[i].get().is_some())
+        SERVICES
+            .iter()
+            .position(|s| *s == service)
+            .is_some_and(|i| self.slots[i].get().is_some())
     }
 
     /// The transport to `service`.

@@ -8,25 +8,49 @@ use rapport_proto::common::v1::{OutboxRecord, SubscribeRequest};
 use rapport_storage::{Outbox, OutboxRow};
 
 /// The stream type of every `Subscribe` rpc.
-pub type RecordStream = Pin<Box<dyn Stream<Item = Result<OutboxRecord, tonic::Status>> + Send + 'static>>;
+pub type RecordStream =
+    Pin<Box<dyn Stream<Item = Result<OutboxRecord, tonic::Status>> + Send + 'static>>;
 
 /// The largest batch a subscriber may ask for.
 pub const MAX_BATCH: i32 = 5_000;
 
 /// Serves `request` from `outbox`: every record after `after_sequence`, then new ones as they commit.
-pub fn subscribe(outbox: &Outbox, request: SubscribeRequest) -> Result<RecordStream, tonic::Status> {
+pub fn subscribe(
+    outbox: &Outbox,
+    request: SubscribeRequest,
+) -> Result<RecordStream, tonic::Status> {
     if request.after_sequence < 0 {
-        return Err(tonic::Status::invalid_argument("after_sequence: must not be negative"));
+        return Err(tonic::Status::invalid_argument(
+            "after_sequence: must not be negative",
+        ));
     }
     if request.max_batch < 0 || request.max_batch > MAX_BATCH {
-        return Err(tonic::Status::invalid_argument(format!("max_batch: must be between 0 and {MAX_BATCH}")));
+        return Err(tonic::Status::invalid_argument(format!(
+            "max_batch: must be between 0 and {MAX_BATCH}"
+        )));
     }
-    if let Some((i, _)) = request.topics.iter().enumerate().find(|(_, t)| t.trim().is_empty()) {
-        return Err(tonic::Status::invalid_argument(format!("topics[{i}]: must not be empty")));
+    if let Some((i, _)) = request
+        .topics
+        .iter()
+        .enumerate()
+        .find(|(_, t)| t.trim().is_empty())
+    {
+        return Err(tonic::Status::invalid_argument(format!(
+            "topics[{i}]: must not be empty"
+        )));
     }
-    let batch = if request.max_batch == 0 { 500 } else { request.max_batch };
+    let batch = if request.max_batch == 0 {
+        500
+    } else {
+        request.max_batch
+    };
     let stream = outbox
-        .stream(request.after_sequence, request.topics, i64::from(batch), Duration::from_millis(250))
+        .stream(
+            request.after_sequence,
+            request.topics,
+            i64::from(batch),
+            Duration::from_millis(250),
+        )
         .map(|row| row.map(to_record).map_err(tonic::Status::from));
     Ok(Box::pin(stream))
 }

@@ -77,7 +77,10 @@ impl Mounted {
     }
 
     /// Adds work started after every client is wired (consumers, workers, timers).
-    pub fn with_background(mut self, start: impl FnOnce() -> Vec<tokio::task::JoinHandle<()>> + Send + 'static) -> Self {
+    pub fn with_background(
+        mut self,
+        start: impl FnOnce() -> Vec<tokio::task::JoinHandle<()>> + Send + 'static,
+    ) -> Self {
         self.background = Some(Box::new(start));
         self
     }
@@ -90,6 +93,9 @@ impl Mounted {
 
     /// Starts the background work.
     pub fn start_background(&mut self) -> Vec<tokio::task::JoinHandle<()>> {
-        self.background.take().map(|start| start()).unwrap_or_default()
+        self.background
+            .take()
+            .map(|start| start())
+            .unwrap_or_default()
     }
 }

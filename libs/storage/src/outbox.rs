@@ -48,7 +48,10 @@ const OUTBOX_LOCK: i64 = 0x7261_7070_6f72_74;
 impl Outbox {
     /// The outbox stored in `db`.
     pub fn new(db: Db) -> Self {
-        Self { db, appended: Arc::new(Notify::new()) }
+        Self {
+            db,
+            appended: Arc::new(Notify::new()),
+        }
     }
 
     /// Appends messages inside the caller's transaction; they become visible when it commits.
@@ -57,7 +60,10 @@ impl Outbox {
             return Ok(());
         }
         if let Tx::Postgres(t) = tx {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(OUTBOX_LOCK).execute(&mut **t).await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(OUTBOX_LOCK)
+                .execute(&mut **t)
+                .await?;
         }
         let now = now_millis();
         for m in messages {
@@ -84,7 +90,12 @@ impl Outbox {
     }
 
     /// Up to `limit` rows after `after`, in order, optionally only of `topics`.
-    pub async fn read_after(&self, after: i64, topics: &[String], limit: i64) -> Result<Vec<OutboxRow>, StorageError> {
+    pub async fn read_after(
+        &self,
+        after: i64,
+        topics: &[String],
+        limit: i64,
+    ) -> Result<Vec<OutboxRow>, StorageError> {
         let mut sql = String::from(
             "SELECT sequence, topic, key, payload_type, payload, created_at FROM outbox WHERE sequence > $1",
         );

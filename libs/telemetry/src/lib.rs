@@ -37,8 +37,13 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
     .map_err(|e| anyhow::anyhow!("telemetry.log_filter: {e}"))?;
 
     let fmt_layer = match settings.log_format {
-        LogFormat::Json => tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed(),
-        LogFormat::Pretty => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
 
     let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").unwrap_or_default();
@@ -51,11 +56,18 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
             .map_err(|e| anyhow::anyhow!("OTEL_EXPORTER_OTLP_ENDPOINT: {e}"))?;
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
-            .with_resource(Resource::builder().with_service_name(settings.service_name.clone()).build())
+            .with_resource(
+                Resource::builder()
+                    .with_service_name(settings.service_name.clone())
+                    .build(),
+            )
             .build();
         let tracer = provider.tracer("rapport");
         global::set_tracer_provider(provider.clone());
-        (Some(tracing_opentelemetry::layer().with_tracer(tracer)), Some(provider))
+        (
+            Some(tracing_opentelemetry::layer().with_tracer(tracer)),
+            Some(provider),
+        )
     };
 
     let _ = tracing_subscriber::registry()
@@ -112,7 +124,9 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         headers.insert(
             "traceparent",
-            http::HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            http::HeaderValue::from_static(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
         );
         let cx = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(&headers)));
         let mut out = http::HeaderMap::new();

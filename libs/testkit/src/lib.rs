@@ -35,12 +35,18 @@ pub struct SuiteOptions {
 impl SuiteOptions {
     /// Only these services.
     pub fn services(names: &[&str]) -> Self {
-        Self { services: names.iter().map(|s| s.to_string()).collect(), env: Vec::new() }
+        Self {
+            services: names.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+        }
     }
 
     /// Adds a configuration value (`key` like `clients.identity`).
     pub fn set(mut self, key: &str, value: impl Into<String>) -> Self {
-        self.env.push((format!("RAPPORT__{}", key.replace('.', "__").to_ascii_uppercase()), value.into()));
+        self.env.push((
+            format!("RAPPORT__{}", key.replace('.', "__").to_ascii_uppercase()),
+            value.into(),
+        ));
         self
     }
 }
@@ -74,8 +80,14 @@ impl TestSuite {
     pub fn settings(storage: &TestDatabase, options: &SuiteOptions) -> anyhow::Result<Settings> {
         let mut env = vec![
             ("RAPPORT__STORAGE__URL".to_string(), storage.url.clone()),
-            ("RAPPORT__STORAGE__MAX_CONNECTIONS".to_string(), "8".to_string()),
-            ("RAPPORT__TELEMETRY__LOG_FILTER".to_string(), "warn".to_string()),
+            (
+                "RAPPORT__STORAGE__MAX_CONNECTIONS".to_string(),
+                "8".to_string(),
+            ),
+            (
+                "RAPPORT__TELEMETRY__LOG_FILTER".to_string(),
+                "warn".to_string(),
+            ),
         ];
         if let Ok(redis) = std::env::var("RAPPORT_TEST_REDIS_URL") {
             env.push(("RAPPORT__CACHE__URL".to_string(), redis));
@@ -116,8 +128,11 @@ impl TestSuite {
 /// `message` as a request carrying `token`.
 pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().expect("token is a valid header"));
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}")
+            .parse()
+            .expect("token is a valid header"),
+    );
     request
 }
