@@ -205,7 +205,7 @@ async fn connect_postgres(
         .map_err(|e| StorageError::BadUrl(format!("{}: {e}", redact(url))))?;
     let unreachable = |e: sqlx::Error| {
         StorageError::Unavailable(format!(
-            "cannot connect to postgres at {}: {e}",
+            "storage.url: cannot connect to postgres at {}: {e}",
             redact(url)
         ))
     };
@@ -214,7 +214,7 @@ async fn connect_postgres(
         .await
         .map_err(|_| {
             StorageError::Unavailable(format!(
-                "cannot connect to postgres at {}: timed out",
+                "storage.url: cannot connect to postgres at {}: timed out",
                 redact(url)
             ))
         })?

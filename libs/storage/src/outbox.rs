@@ -19,6 +19,23 @@ pub struct OutboxMessage {
     pub payload: Vec<u8>,
 }
 
+impl OutboxMessage {
+    /// A message about `key` on `topic` carrying the encoded protobuf message named `payload_type`.
+    pub fn new(
+        topic: impl Into<String>,
+        key: impl Into<String>,
+        payload_type: impl Into<String>,
+        payload: Vec<u8>,
+    ) -> Self {
+        Self {
+            topic: topic.into(),
+            key: key.into(),
+            payload_type: payload_type.into(),
+            payload,
+        }
+    }
+}
+
 /// A published change with its position in the feed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxRow {

@@ -30,6 +30,8 @@ pub struct SuiteOptions {
     pub services: Vec<String>,
     /// Extra configuration as `RAPPORT__SECTION__KEY` pairs.
     pub env: Vec<(String, String)>,
+    /// A TOML configuration file's content, loaded before the environment.
+    pub config_toml: Option<String>,
 }
 
 impl SuiteOptions {
@@ -37,8 +39,14 @@ impl SuiteOptions {
     pub fn services(names: &[&str]) -> Self {
         Self {
             services: names.iter().map(|s| s.to_string()).collect(),
-            env: Vec::new(),
+            ..Self::default()
         }
+    }
+
+    /// Adds a TOML configuration file (as `--config FILE` would).
+    pub fn config(mut self, toml: impl Into<String>) -> Self {
+        self.config_toml = Some(toml.into());
+        self
     }
 
     /// Adds a configuration value (`key` like `clients.identity`).
@@ -99,7 +107,23 @@ impl TestSuite {
             http_listen: Some("127.0.0.1:0".into()),
             services: (!options.services.is_empty()).then(|| options.services.clone()),
         };
-        Ok(Settings::load_with_env(None, &overrides, env)?)
+        let file = match &options.config_toml {
+            Some(toml) => {
+                let path = storage
+                    .data_dir
+                    .path()
+                    .join(format!("config-{}.toml", uuid::Uuid::new_v4()));
+                std::fs::write(&path, toml)?;
+                Some(path)
+            }
+            None => None,
+        };
+        Ok(Settings::load_with_env(file.as_deref(), &overrides, env)?)
+    }
+
+    /// The clients the server wired (in-process for its own services, remote for configured ones).
+    pub fn clients(&self) -> Option<rapport_rpc::Clients> {
+        self.server.as_ref().map(|s| s.clients.clone())
     }
 
     /// A connected channel to the gRPC port.
@@ -135,4 +159,36 @@ pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
             .expect("token is a valid header"),
     );
     request
+}
+
+/// A plain HTTP/1.1 GET of `url` (`http://host:port/path`): the status code and the body.
+pub async fn http_get(url: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let mut stream = tokio::net::TcpStream::connect(authority)
+        .await
+        .expect("http port answers");
+    let request = format!("GET {path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("request written");
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .await
+        .expect("response read");
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }

@@ -36,6 +36,8 @@ pub struct Server {
     pub admin_token_created: bool,
     /// The services running here.
     pub services: Vec<&'static str>,
+    /// The clients of every service this process can reach, local or remote.
+    pub clients: Clients,
     grace: Duration,
     health: tonic_health::server::HealthReporter,
     grpc_names: Vec<&'static str>,
@@ -215,6 +217,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         admin_token_path,
         admin_token_created,
         services: enabled,
+        clients,
         grace: Duration::from_secs(settings.server.shutdown_grace_seconds),
         health,
         grpc_names,
