@@ -269,14 +269,17 @@ impl Cache {
     }
 }
 
+/// One shard of counters: key to (value, expiry).
+type CounterShard = Mutex<HashMap<String, (i64, Instant)>>;
+
 /// Windowed counters in this process, sharded to keep lock hold times short.
 #[derive(Clone, Default)]
 struct LocalCounters {
-    shards: Arc<[Mutex<HashMap<String, (i64, Instant)>>; 16]>,
+    shards: Arc<[CounterShard; 16]>,
 }
 
 impl LocalCounters {
-    fn shard(&self, key: &str) -> &Mutex<HashMap<String, (i64, Instant)>> {
+    fn shard(&self, key: &str) -> &CounterShard {
         let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
         });

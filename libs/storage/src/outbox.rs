@@ -60,7 +60,7 @@ pub struct Outbox {
 }
 
 /// The advisory lock key that serialises outbox writers on PostgreSQL ("rapport" in ASCII).
-const OUTBOX_LOCK: i64 = 0x7261_7070_6f72_74;
+const OUTBOX_LOCK: i64 = 0x0072_6170_706f_7274;
 
 impl Outbox {
     /// The outbox stored in `db`.
