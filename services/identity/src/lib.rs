@@ -9,6 +9,8 @@ use rapport_storage::{Db, Outbox, sqlx::migrate::Migrator};
 use tonic::{Request, Response, Status};
 
 pub mod matching;
+pub mod normalize;
+pub mod settings;
 
 /// The service's short name: its config section, database and schema.
 pub const NAME: &str = "identity";
