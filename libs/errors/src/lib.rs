@@ -138,6 +138,21 @@ impl DomainError for Error {
     }
 }
 
+/// Query failures: a lost or refused connection is `Unavailable` (worth a retry), anything else internal.
+/// The detail goes to the logs only.
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        let code = match &e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_) => ErrorCode::Unavailable,
+            _ => ErrorCode::Internal,
+        };
+        Error::new(code, format!("query failed: {e}"))
+    }
+}
+
 impl From<Error> for tonic::Status {
     fn from(err: Error) -> Self {
         to_status(&err)

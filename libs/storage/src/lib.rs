@@ -62,6 +62,13 @@ impl rapport_errors::DomainError for StorageError {
     }
 }
 
+impl From<StorageError> for rapport_errors::Error {
+    fn from(e: StorageError) -> Self {
+        use rapport_errors::DomainError as _;
+        rapport_errors::Error::new(e.error_code(), e.to_string())
+    }
+}
+
 impl From<StorageError> for tonic::Status {
     fn from(e: StorageError) -> Self {
         rapport_errors::to_status(&e)

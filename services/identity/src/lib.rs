@@ -8,6 +8,7 @@ use rapport_rpc::{Mounted, ServiceContext, feed::RecordStream};
 use rapport_storage::{Db, Outbox, sqlx::migrate::Migrator};
 use tonic::{Request, Response, Status};
 
+pub mod graph;
 pub mod matching;
 pub mod normalize;
 pub mod settings;

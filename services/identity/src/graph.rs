@@ -1,0 +1,786 @@
+//! The deterministic identity graph: resolve identifiers to one stable customer id, merge customers when
+//! evidence joins them (within per-type limits), keep merged-away ids as aliases, record the evidence of
+//! every change, and split a wrong merge exactly.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use rapport_errors::{Error, ErrorCode};
+use rapport_storage::sqlx::{self, Row};
+use rapport_storage::{Db, Outbox, OutboxMessage, Tx, now_millis, on_db, on_tx};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::normalize::{IdType, Ident};
+use crate::settings::IdentitySettings;
+
+/// PostgreSQL advisory lock that serialises graph writers across replicas ("identity" in ASCII).
+const GRAPH_LOCK: i64 = 0x6964_656e_7469_7479;
+
+/// Where the evidence of a write came from.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Origin {
+    /// The system that sent the identifiers.
+    pub source: String,
+    /// The event or record in that system.
+    pub event_id: String,
+}
+
+/// An identifier left out of a merge, and why.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Excluded {
+    pub identifier: StoredIdent,
+    pub reason: String,
+}
+
+/// An identifier as stored in evidence JSON.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StoredIdent {
+    #[serde(rename = "type")]
+    pub id_type: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    pub value: String,
+}
+
+impl From<&Ident> for StoredIdent {
+    fn from(i: &Ident) -> Self {
+        Self {
+            id_type: i.id_type.name().to_string(),
+            namespace: i.namespace.clone(),
+            value: i.value.clone(),
+        }
+    }
+}
+
+impl StoredIdent {
+    /// The typed identifier, if the type is known.
+    pub fn to_ident(&self) -> Option<Ident> {
+        Some(Ident {
+            id_type: IdType::from_name(&self.id_type)?,
+            namespace: self.namespace.clone(),
+            value: self.value.clone(),
+        })
+    }
+}
+
+/// The evidence kept with a merge, a split or a refusal.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ChangeEvidence {
+    /// The identifiers of the request that joined the customers.
+    #[serde(default)]
+    pub identifiers: Vec<StoredIdent>,
+    /// The identifiers the merged-away customer held at merge time (moved back by a split).
+    #[serde(default)]
+    pub moved: Vec<StoredIdent>,
+    /// Older aliases of the merged-away customer, re-pointed to the survivor (restored by a split).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Identifiers left out because a limit would have been broken.
+    #[serde(default)]
+    pub excluded: Vec<Excluded>,
+    /// For a split: the merge it undid, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undoes: Option<String>,
+    /// A match weight, for merges proposed by probabilistic matching.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_weight: Option<f64>,
+}
+
+/// One recorded change of the graph.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GraphChange {
+    pub id: String,
+    /// `merge`, `split`, `refusal`.
+    pub kind: String,
+    pub customer_id: String,
+    pub other_id: Option<String>,
+    pub rule: String,
+    pub origin: Origin,
+    pub evidence: ChangeEvidence,
+    pub undone_by: Option<String>,
+    pub created_at: i64,
+}
+
+/// What `resolve` did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resolved {
+    /// The customer the identifiers belong to now.
+    pub customer_id: String,
+    /// Whether the customer was created by this call.
+    pub created: bool,
+    /// Customers merged into `customer_id` by this call (now aliases).
+    pub merged: Vec<String>,
+    /// Identifiers attached to the customer by this call.
+    pub attached: Vec<Ident>,
+    /// Identifiers left out of the evidence, with the rule that left them out.
+    pub excluded: Vec<Excluded>,
+}
+
+/// One identifier of a customer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldIdent {
+    pub ident: Ident,
+    /// The customer holding it.
+    pub owner: String,
+    pub source: String,
+    pub first_seen: i64,
+    pub last_seen: i64,
+}
+
+/// A customer, its identifiers, aliases and history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explained {
+    pub customer_id: String,
+    pub kind: String,
+    pub created_at: i64,
+    pub identifiers: Vec<HeldIdent>,
+    pub aliases: Vec<String>,
+    pub changes: Vec<GraphChange>,
+}
+
+/// Published on `identity.merged`, `identity.split`, `identity.created`, `identity.erased`: the JSON
+/// fallback when no protobuf event applies.
+pub const TOPIC_MERGED: &str = "identity.merged";
+pub const TOPIC_SPLIT: &str = "identity.split";
+pub const TOPIC_CREATED: &str = "identity.created";
+pub const TOPIC_ERASED: &str = "identity.erased";
+
+/// The holders of `$idents` (`HashMap<Ident, (customer_id, last_seen)>`), read through `$exec`.
+macro_rules! owners_of {
+    ($exec:expr, $idents:expr) => {{
+        let idents: &[Ident] = $idents;
+        let mut sql = String::from(
+            "SELECT id_type, namespace, value, customer_id, last_seen FROM identifiers WHERE ",
+        );
+        for i in 0..idents.len() {
+            if i > 0 {
+                sql.push_str(" OR ");
+            }
+            sql.push_str(&format!(
+                "(id_type = ${} AND namespace = ${} AND value = ${})",
+                3 * i + 1,
+                3 * i + 2,
+                3 * i + 3
+            ));
+        }
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for i in idents {
+            q = q
+                .bind(i.id_type.name())
+                .bind(i.namespace.as_str())
+                .bind(i.value.as_str());
+        }
+        let mut found: HashMap<Ident, (String, i64)> = HashMap::new();
+        for r in q.fetch_all($exec).await? {
+            let id_type: String = r.get(0);
+            if let Some(id_type) = IdType::from_name(&id_type) {
+                found.insert(
+                    Ident {
+                        id_type,
+                        namespace: r.get(1),
+                        value: r.get(2),
+                    },
+                    (r.get(3), r.get(4)),
+                );
+            }
+        }
+        found
+    }};
+}
+
+/// The identifiers `$owner` holds (`Vec<HeldIdent>`), read through `$exec`.
+macro_rules! identifiers_of {
+    ($exec:expr, $owner:expr) => {{
+        let owner: &str = $owner;
+        let rows = sqlx::query(
+            "SELECT id_type, namespace, value, source, first_seen, last_seen FROM identifiers
+             WHERE customer_id = $1 ORDER BY id_type, namespace, value",
+        )
+        .bind(owner)
+        .fetch_all($exec)
+        .await?;
+        rows.into_iter()
+            .filter_map(|r| {
+                let id_type: String = r.get(0);
+                Some(HeldIdent {
+                    ident: Ident {
+                        id_type: IdType::from_name(&id_type)?,
+                        namespace: r.get(1),
+                        value: r.get(2),
+                    },
+                    owner: owner.to_string(),
+                    source: r.get(3),
+                    first_seen: r.get(4),
+                    last_seen: r.get(5),
+                })
+            })
+            .collect::<Vec<HeldIdent>>()
+    }};
+}
+
+/// The graph over one service database.
+#[derive(Clone)]
+pub struct Graph {
+    db: Db,
+    outbox: Outbox,
+    settings: Arc<IdentitySettings>,
+    writer: Arc<Mutex<()>>,
+    events: Arc<dyn EventEncoder>,
+}
+
+/// Encodes the outbox payloads of graph changes (the gRPC layer supplies the protobuf encoding).
+pub trait EventEncoder: Send + Sync {
+    fn created(&self, customer_id: &str, identifiers: &[Ident], origin: &Origin) -> OutboxMessage;
+    fn merged(&self, change: &GraphChange) -> OutboxMessage;
+    fn split(&self, change: &GraphChange, identifiers: &[Ident]) -> OutboxMessage;
+    fn erased(&self, customer_id: &str, aliases: &[String]) -> OutboxMessage;
+}
+
+fn new_customer_id() -> String {
+    format!("cus_{}", uuid::Uuid::now_v7().simple())
+}
+
+fn new_change_id() -> String {
+    format!("chg_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Re-reads `last_seen` at most this often per identifier on the read-only path.
+const LAST_SEEN_RESOLUTION_MS: i64 = 24 * 3600 * 1000;
+
+impl Graph {
+    /// The graph stored in `db`, publishing to `outbox`.
+    pub fn new(
+        db: Db,
+        outbox: Outbox,
+        settings: Arc<IdentitySettings>,
+        events: Arc<dyn EventEncoder>,
+    ) -> Self {
+        Self {
+            db,
+            outbox,
+            settings,
+            writer: Arc::new(Mutex::new(())),
+            events,
+        }
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The customer `idents` (normalised, not blocked, at least one) belong to, creating, attaching and
+    /// merging as the evidence and the limits allow.
+    pub async fn resolve(&self, idents: Vec<Ident>, origin: Origin) -> Result<Resolved, Error> {
+        let mut idents: Vec<Ident> = idents
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if idents.is_empty() {
+            return Err(Error::invalid(
+                "identifiers",
+                "at least one usable identifier is required",
+            ));
+        }
+        // Read-only path: every identifier is known, held by one customer and seen recently.
+        let known = on_db!(&self.db, p => owners_of!(p, &idents));
+        let now = now_millis();
+        if known.len() == idents.len() {
+            let owners: BTreeSet<&String> = known.values().map(|(c, _)| c).collect();
+            if owners.len() == 1
+                && known
+                    .values()
+                    .all(|(_, seen)| now - seen < LAST_SEEN_RESOLUTION_MS)
+            {
+                let customer_id = (*owners.iter().next().expect("one owner")).clone();
+                return Ok(Resolved {
+                    customer_id,
+                    ..Default::default()
+                });
+            }
+        }
+        idents.sort_by_key(|i| (self.settings.rank_of(i.id_type), i.clone()));
+        let (_guard, mut tx) = self.begin_write().await?;
+        let (resolved, messages) = self.resolve_in(&mut tx, idents, origin, now).await?;
+        self.finish(tx, messages).await?;
+        Ok(resolved)
+    }
+
+    /// Starts a write: the graph's write lock (in process, and across replicas on PostgreSQL) and a
+    /// transaction. Dropping both without [`Graph::finish`] rolls back.
+    async fn begin_write(&self) -> Result<(tokio::sync::MutexGuard<'_, ()>, Tx), Error> {
+        let guard = self.writer.lock().await;
+        let mut tx = self.db.begin().await?;
+        if let Tx::Postgres(t) = &mut tx {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(GRAPH_LOCK)
+                .execute(&mut **t)
+                .await?;
+        }
+        Ok((guard, tx))
+    }
+
+    /// Appends `messages` to the outbox and commits.
+    async fn finish(&self, mut tx: Tx, messages: Vec<OutboxMessage>) -> Result<(), Error> {
+        Outbox::append(&mut tx, &messages).await?;
+        self.outbox.commit(tx).await?;
+        Ok(())
+    }
+
+    async fn resolve_in(
+        &self,
+        tx: &mut Tx,
+        mut evidence: Vec<Ident>,
+        origin: Origin,
+        now: i64,
+    ) -> Result<(Resolved, Vec<OutboxMessage>), Error> {
+        let window_start = match self.settings.limit_window_days {
+            0 => i64::MIN,
+            days => now - i64::from(days) * 24 * 3600 * 1000,
+        };
+        let mut excluded = Vec::new();
+        let (owners, held) = loop {
+            let known = on_tx!(tx, t => owners_of!(&mut **t, &evidence));
+            let owners: BTreeSet<String> = known.values().map(|(c, _)| c.clone()).collect();
+            let mut held: Vec<HeldIdent> = Vec::new();
+            for owner in &owners {
+                held.extend(on_tx!(tx, t => identifiers_of!(&mut **t, owner)));
+            }
+            match self.broken_limit(&owners, &held, &evidence, &known, window_start) {
+                None => break (owners, held),
+                Some(broken) => {
+                    // Leave the least trusted identifier out of the evidence and try again.
+                    let dropped = evidence
+                        .pop()
+                        .expect("a broken limit needs two identifiers");
+                    excluded.push(Excluded {
+                        identifier: StoredIdent::from(&dropped),
+                        reason: format!(
+                            "joining would give one customer more than {} {} identifier(s); the {} identifier ranks lowest",
+                            self.settings.limit_of(broken),
+                            broken.name(),
+                            dropped.id_type.name()
+                        ),
+                    });
+                }
+            }
+        };
+
+        let mut messages = Vec::new();
+        let mut resolved = Resolved {
+            excluded: excluded.clone(),
+            ..Default::default()
+        };
+        // The survivor is the oldest customer; it keeps its id.
+        let survivor = match oldest(tx, &owners).await? {
+            Some(id) => id,
+            None => {
+                let id = new_customer_id();
+                on_tx!(tx, t => sqlx::query("INSERT INTO customers (id, kind, created_at) VALUES ($1, 'person', $2)")
+                    .bind(&id).bind(now).execute(&mut **t).await?.rows_affected());
+                resolved.created = true;
+                id
+            }
+        };
+        for other in owners.iter().filter(|o| **o != survivor) {
+            let moved: Vec<StoredIdent> = held
+                .iter()
+                .filter(|h| &h.owner == other)
+                .map(|h| StoredIdent::from(&h.ident))
+                .collect();
+            let change = self
+                .merge(
+                    tx, &survivor, other, &evidence, moved, &excluded, &origin, now,
+                )
+                .await?;
+            messages.push(self.events.merged(&change));
+            resolved.merged.push(other.clone());
+        }
+        // Attach what is new; refresh what is known.
+        for ident in &evidence {
+            on_tx!(tx, t => sqlx::query(
+                "INSERT INTO identifiers (id_type, namespace, value, customer_id, source, first_seen, last_seen)
+                 VALUES ($1, $2, $3, $4, $5, $6, $6)
+                 ON CONFLICT (id_type, namespace, value) DO UPDATE SET last_seen = excluded.last_seen",
+            )
+            .bind(ident.id_type.name()).bind(&ident.namespace).bind(&ident.value).bind(&survivor)
+            .bind(&origin.source).bind(now)
+            .execute(&mut **t).await?.rows_affected());
+            if !held.iter().any(|h| &h.ident == ident) {
+                resolved.attached.push(ident.clone());
+            }
+        }
+        if !excluded.is_empty() {
+            let change = GraphChange {
+                id: new_change_id(),
+                kind: "refusal".into(),
+                customer_id: survivor.clone(),
+                other_id: None,
+                rule: "identifier_limit".into(),
+                origin: origin.clone(),
+                evidence: ChangeEvidence {
+                    identifiers: evidence.iter().map(StoredIdent::from).collect(),
+                    excluded: excluded.clone(),
+                    ..Default::default()
+                },
+                undone_by: None,
+                created_at: now,
+            };
+            insert_change(tx, &change).await?;
+        }
+        if resolved.created {
+            messages.push(self.events.created(&survivor, &evidence, &origin));
+        }
+        resolved.customer_id = survivor;
+        Ok((resolved, messages))
+    }
+
+    /// The type whose limit joining `evidence` with `owners` would break, if any. Identifiers seen before
+    /// `window_start` do not count. A customer already over a limit (the limit was lowered) is not made
+    /// worse by being seen again.
+    fn broken_limit(
+        &self,
+        owners: &BTreeSet<String>,
+        held: &[HeldIdent],
+        evidence: &[Ident],
+        known: &HashMap<Ident, (String, i64)>,
+        window_start: i64,
+    ) -> Option<IdType> {
+        if evidence.len() < 2 {
+            return None;
+        }
+        let mut counts: BTreeMap<IdType, u32> = BTreeMap::new();
+        for h in held.iter().filter(|h| h.last_seen >= window_start) {
+            *counts.entry(h.ident.id_type).or_default() += 1;
+        }
+        for e in evidence.iter().filter(|e| !known.contains_key(*e)) {
+            *counts.entry(e.id_type).or_default() += 1;
+        }
+        let single_owner_unchanged = owners.len() <= 1;
+        IdType::ALL.into_iter().find(|t| {
+            let count = counts.get(t).copied().unwrap_or(0);
+            let limit = self.settings.limit_of(*t);
+            if count <= limit {
+                return false;
+            }
+            // Over the limit: only a problem if this call adds identifiers of the type or joins customers.
+            let adds = evidence
+                .iter()
+                .any(|e| e.id_type == *t && !known.contains_key(e));
+            adds || !single_owner_unchanged
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn merge(
+        &self,
+        tx: &mut Tx,
+        survivor: &str,
+        other: &str,
+        evidence: &[Ident],
+        moved: Vec<StoredIdent>,
+        excluded: &[Excluded],
+        origin: &Origin,
+        now: i64,
+    ) -> Result<GraphChange, Error> {
+        let aliases: Vec<String> = on_tx!(tx, t => sqlx::query_scalar("SELECT id FROM customers WHERE merged_into = $1 ORDER BY id")
+            .bind(other).fetch_all(&mut **t).await?);
+        on_tx!(tx, t => sqlx::query("UPDATE identifiers SET customer_id = $1 WHERE customer_id = $2")
+            .bind(survivor).bind(other).execute(&mut **t).await?.rows_affected());
+        on_tx!(tx, t => sqlx::query("UPDATE customers SET merged_into = $1, merged_at = $2 WHERE id = $3 OR merged_into = $3")
+            .bind(survivor).bind(now).bind(other).execute(&mut **t).await?.rows_affected());
+        let change = GraphChange {
+            id: new_change_id(),
+            kind: "merge".into(),
+            customer_id: survivor.to_string(),
+            other_id: Some(other.to_string()),
+            rule: "shared_identifier".into(),
+            origin: origin.clone(),
+            evidence: ChangeEvidence {
+                identifiers: evidence.iter().map(StoredIdent::from).collect(),
+                moved,
+                aliases,
+                excluded: excluded.to_vec(),
+                ..Default::default()
+            },
+            undone_by: None,
+            created_at: now,
+        };
+        insert_change(tx, &change).await?;
+        Ok(change)
+    }
+
+    /// The current id of `customer_id` (itself, or the survivor it was merged into).
+    pub async fn canonical(&self, customer_id: &str) -> Result<Option<String>, Error> {
+        let row: Option<(String, Option<String>)> = on_db!(&self.db, p => sqlx::query_as("SELECT id, merged_into FROM customers WHERE id = $1")
+            .bind(customer_id).fetch_optional(p).await?);
+        Ok(row.map(|(id, merged_into)| merged_into.unwrap_or(id)))
+    }
+
+    /// The customer holding `ident`, if any.
+    pub async fn lookup(&self, ident: &Ident) -> Result<Option<String>, Error> {
+        let known = on_db!(&self.db, p => owners_of!(p, std::slice::from_ref(ident)));
+        Ok(known.into_values().next().map(|(c, _)| c))
+    }
+
+    /// The customer's identifiers, aliases and recorded changes.
+    pub async fn explain(&self, customer_id: &str) -> Result<Explained, Error> {
+        let id = self
+            .canonical(customer_id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("customer {customer_id}")))?;
+        let (kind, created_at): (String, i64) = on_db!(&self.db, p => sqlx::query_as("SELECT kind, created_at FROM customers WHERE id = $1")
+            .bind(&id).fetch_one(p).await?);
+        let (identifiers, aliases, changes) = on_db!(&self.db, p => {
+            let mut conn = p.acquire().await.map_err(rapport_storage::StorageError::from)?;
+            let identifiers = identifiers_of!(&mut *conn, &id);
+            let aliases: Vec<String> = sqlx::query_scalar("SELECT id FROM customers WHERE merged_into = $1 ORDER BY id")
+                .bind(&id).fetch_all(&mut *conn).await?;
+            let mut involved = aliases.clone();
+            involved.push(id.clone());
+            let mut changes = Vec::new();
+            for who in &involved {
+                let rows = sqlx::query(
+                    "SELECT id, kind, customer_id, other_id, rule, source, event_id, evidence, undone_by, created_at
+                     FROM graph_changes WHERE customer_id = $1 OR other_id = $1",
+                ).bind(who).fetch_all(&mut *conn).await?;
+                for r in rows {
+                    changes.push(change_from_row(&r)?);
+                }
+            }
+            changes.sort_by(|a: &GraphChange, b: &GraphChange| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+            changes.dedup_by(|a, b| a.id == b.id);
+            (identifiers, aliases, changes)
+        });
+        Ok(Explained {
+            customer_id: id,
+            kind,
+            created_at,
+            identifiers,
+            aliases,
+            changes,
+        })
+    }
+
+    /// Undoes a wrong merge. With `merge_id`, that merge is undone exactly: the merged-away customer gets
+    /// its id, identifiers and aliases back. With `identifiers` only, those identifiers leave `customer_id`:
+    /// if they are exactly what one merge brought in, that merge is undone; otherwise they form a new
+    /// customer. Returns the customer split off and the change recorded.
+    pub async fn split(
+        &self,
+        customer_id: &str,
+        merge_id: Option<&str>,
+        identifiers: Vec<Ident>,
+        origin: Origin,
+    ) -> Result<(String, GraphChange), Error> {
+        let id = self
+            .canonical(customer_id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("customer {customer_id}")))?;
+        let merge_id = merge_id.map(str::to_string);
+        let (_guard, mut tx) = self.begin_write().await?;
+        let (split, messages) = self
+            .split_in(&mut tx, id, merge_id, identifiers, origin)
+            .await?;
+        self.finish(tx, messages).await?;
+        Ok(split)
+    }
+
+    async fn split_in(
+        &self,
+        tx: &mut Tx,
+        id: String,
+        merge_id: Option<String>,
+        identifiers: Vec<Ident>,
+        origin: Origin,
+    ) -> Result<((String, GraphChange), Vec<OutboxMessage>), Error> {
+        let now = now_millis();
+        let held = on_tx!(tx, t => identifiers_of!(&mut **t, &id));
+        let merges: Vec<GraphChange> = on_tx!(tx, t => sqlx::query(
+            "SELECT id, kind, customer_id, other_id, rule, source, event_id, evidence, undone_by, created_at
+             FROM graph_changes WHERE kind = 'merge' AND customer_id = $1 AND undone_by IS NULL ORDER BY created_at DESC",
+        ).bind(&id).fetch_all(&mut **t).await?
+            .iter()
+            .map(change_from_row)
+            .collect::<Result<_, _>>()?);
+        let wanted: BTreeSet<StoredIdent> = identifiers.iter().map(StoredIdent::from).collect();
+        for (i, w) in identifiers.iter().enumerate() {
+            if !held.iter().any(|h| &h.ident == w) {
+                return Err(Error::invalid(
+                    &format!("identifiers[{i}]"),
+                    format!("is not held by customer {id}"),
+                ));
+            }
+        }
+        let merge = match &merge_id {
+            Some(m) => Some(merges.iter().find(|c| &c.id == m).cloned().ok_or_else(|| {
+                Error::new(
+                    ErrorCode::NotFound,
+                    format!("merge_id: no merge {m} into customer {id} that is not undone"),
+                )
+            })?),
+            None if wanted.is_empty() => {
+                return Err(Error::invalid(
+                    "identifiers",
+                    "name the identifiers to split off, or give merge_id",
+                ));
+            }
+            None => merges
+                .iter()
+                .find(|c| {
+                    let moved: BTreeSet<StoredIdent> = c.evidence.moved.iter().cloned().collect();
+                    moved == wanted
+                })
+                .cloned(),
+        };
+        let split_id = new_change_id();
+        let (other, moving, revived_aliases) = match &merge {
+            Some(m) => {
+                let other = m
+                    .other_id
+                    .clone()
+                    .expect("a merge names the merged customer");
+                let moving: Vec<Ident> = m
+                    .evidence
+                    .moved
+                    .iter()
+                    .filter_map(StoredIdent::to_ident)
+                    .filter(|i| held.iter().any(|h| &h.ident == i))
+                    .collect();
+                on_tx!(tx, t => sqlx::query("UPDATE customers SET merged_into = NULL, merged_at = NULL WHERE id = $1")
+                    .bind(&other).execute(&mut **t).await?.rows_affected());
+                for alias in &m.evidence.aliases {
+                    on_tx!(tx, t => sqlx::query("UPDATE customers SET merged_into = $1 WHERE id = $2 AND merged_into = $3")
+                        .bind(&other).bind(alias).bind(&id).execute(&mut **t).await?.rows_affected());
+                }
+                on_tx!(tx, t => sqlx::query("UPDATE graph_changes SET undone_by = $1 WHERE id = $2")
+                    .bind(&split_id).bind(&m.id).execute(&mut **t).await?.rows_affected());
+                (other, moving, m.evidence.aliases.clone())
+            }
+            None => {
+                let other = new_customer_id();
+                on_tx!(tx, t => sqlx::query("INSERT INTO customers (id, kind, created_at) VALUES ($1, 'person', $2)")
+                    .bind(&other).bind(now).execute(&mut **t).await?.rows_affected());
+                (other, identifiers.clone(), Vec::new())
+            }
+        };
+        if moving.len() == held.len() {
+            return Err(Error::new(
+                ErrorCode::FailedPrecondition,
+                format!(
+                    "identifiers: splitting them off would leave customer {id} with no identifier"
+                ),
+            ));
+        }
+        for ident in &moving {
+            on_tx!(tx, t => sqlx::query("UPDATE identifiers SET customer_id = $1 WHERE id_type = $2 AND namespace = $3 AND value = $4")
+                .bind(&other).bind(ident.id_type.name()).bind(&ident.namespace).bind(&ident.value)
+                .execute(&mut **t).await?.rows_affected());
+        }
+        let change = GraphChange {
+            id: split_id,
+            kind: "split".into(),
+            customer_id: id.clone(),
+            other_id: Some(other.clone()),
+            rule: if merge.is_some() {
+                "undo_merge".into()
+            } else {
+                "manual_split".into()
+            },
+            origin,
+            evidence: ChangeEvidence {
+                identifiers: identifiers.iter().map(StoredIdent::from).collect(),
+                moved: moving.iter().map(StoredIdent::from).collect(),
+                aliases: revived_aliases,
+                undoes: merge.map(|m| m.id),
+                ..Default::default()
+            },
+            undone_by: None,
+            created_at: now,
+        };
+        insert_change(tx, &change).await?;
+        let message = self.events.split(&change, &moving);
+        Ok(((other, change), vec![message]))
+    }
+
+    /// Everything the graph holds about `customer_id` and its aliases, removed. Returns the customer id and
+    /// how many rows went.
+    pub async fn erase(&self, customer_id: &str) -> Result<(String, u64), Error> {
+        let id = self
+            .canonical(customer_id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("customer {customer_id}")))?;
+        let (_guard, mut tx) = self.begin_write().await?;
+        let t = &mut tx;
+        let aliases: Vec<String> = on_tx!(t, c => sqlx::query_scalar("SELECT id FROM customers WHERE merged_into = $1")
+            .bind(&id).fetch_all(&mut **c).await?);
+        let mut erased = 0;
+        let mut everyone = aliases.clone();
+        everyone.push(id.clone());
+        for who in &everyone {
+            erased += on_tx!(t, c => sqlx::query("DELETE FROM identifiers WHERE customer_id = $1")
+                .bind(who).execute(&mut **c).await?.rows_affected());
+            erased += on_tx!(t, c => sqlx::query("DELETE FROM graph_changes WHERE customer_id = $1 OR other_id = $1")
+                .bind(who).execute(&mut **c).await?.rows_affected());
+            // The ids stay, as erased tombstones, so that an old reference never resolves to someone else.
+            on_tx!(t, c => sqlx::query("UPDATE customers SET kind = 'erased' WHERE id = $1")
+                .bind(who).execute(&mut **c).await?.rows_affected());
+        }
+        let message = self.events.erased(&id, &aliases);
+        self.finish(tx, vec![message]).await?;
+        Ok((id, erased))
+    }
+}
+
+async fn oldest(tx: &mut Tx, owners: &BTreeSet<String>) -> Result<Option<String>, Error> {
+    let mut best: Option<(i64, String)> = None;
+    for owner in owners {
+        let created: i64 = on_tx!(tx, t => sqlx::query_scalar("SELECT created_at FROM customers WHERE id = $1")
+            .bind(owner).fetch_one(&mut **t).await?);
+        if best
+            .as_ref()
+            .is_none_or(|(c, id)| (created, owner) < (*c, id))
+        {
+            best = Some((created, owner.clone()));
+        }
+    }
+    Ok(best.map(|(_, id)| id))
+}
+
+async fn insert_change(tx: &mut Tx, change: &GraphChange) -> Result<(), Error> {
+    let evidence = serde_json::to_string(&change.evidence).map_err(Error::internal)?;
+    on_tx!(tx, t => sqlx::query(
+        "INSERT INTO graph_changes (id, kind, customer_id, other_id, rule, source, event_id, evidence, undone_by, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(&change.id).bind(&change.kind).bind(&change.customer_id).bind(&change.other_id).bind(&change.rule)
+    .bind(&change.origin.source).bind(&change.origin.event_id).bind(evidence).bind(&change.undone_by).bind(change.created_at)
+    .execute(&mut **t).await?.rows_affected());
+    Ok(())
+}
+
+fn change_from_row<R: Row>(r: &R) -> Result<GraphChange, Error>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let evidence: String = r.try_get("evidence")?;
+    Ok(GraphChange {
+        id: r.try_get("id")?,
+        kind: r.try_get("kind")?,
+        customer_id: r.try_get("customer_id")?,
+        other_id: r.try_get("other_id")?,
+        rule: r.try_get("rule")?,
+        origin: Origin {
+            source: r.try_get("source")?,
+            event_id: r.try_get("event_id")?,
+        },
+        evidence: serde_json::from_str(&evidence).map_err(Error::internal)?,
+        undone_by: r.try_get("undone_by")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
