@@ -53,6 +53,18 @@ impl TestDatabase {
         }
     }
 
+    /// Opens the database of `service` on this storage (not migrated).
+    pub async fn connect(&self, service: &str) -> crate::Db {
+        crate::connect(
+            &self.url,
+            self.data_dir.path(),
+            service,
+            &crate::PoolSettings::default(),
+        )
+        .await
+        .expect("test database opens")
+    }
+
     /// Whether this test runs on PostgreSQL.
     pub fn is_postgres(&self) -> bool {
         self.admin.is_some()
