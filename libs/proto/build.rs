@@ -85,9 +85,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     table.push_str("];\n");
     fs::write(out.join("method_scopes.rs"), table)?;
 
+    // Type names (prost::Name) let services name outbox payloads and pack them as google.protobuf.Any.
+    let mut config = prost_build::Config::new();
+    config.enable_type_names();
     tonic_prost_build::configure()
         .generate_default_stubs(true)
         .include_file("rapport.rs")
-        .compile_fds(fds)?;
+        .compile_fds_with_config(fds, config)?;
     Ok(())
 }

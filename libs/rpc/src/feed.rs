@@ -15,9 +15,12 @@ pub type RecordStream =
 pub const MAX_BATCH: i32 = 5_000;
 
 /// Serves `request` from `outbox`: every record after `after_sequence`, then new ones as they commit.
+/// The stream ends when `shutdown` is cancelled, so that subscribers do not hold up a graceful stop;
+/// they resume from their last sequence on the next process.
 pub fn subscribe(
     outbox: &Outbox,
     request: SubscribeRequest,
+    shutdown: &tokio_util::sync::CancellationToken,
 ) -> Result<RecordStream, tonic::Status> {
     if request.after_sequence < 0 {
         return Err(tonic::Status::invalid_argument(
@@ -51,7 +54,8 @@ pub fn subscribe(
             i64::from(batch),
             Duration::from_millis(250),
         )
-        .map(|row| row.map(to_record).map_err(tonic::Status::from));
+        .map(|row| row.map(to_record).map_err(tonic::Status::from))
+        .take_until(shutdown.clone().cancelled_owned());
     Ok(Box::pin(stream))
 }
 

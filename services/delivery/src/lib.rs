@@ -23,6 +23,7 @@ pub async fn migrate(db: &Db) -> Result<(), rapport_storage::StorageError> {
 pub async fn mount(ctx: ServiceContext) -> anyhow::Result<Mounted> {
     let service = Delivery {
         outbox: Outbox::new(ctx.db.clone()),
+        shutdown: ctx.shutdown.clone(),
     };
     Ok(Mounted::new(
         NAME,
@@ -33,6 +34,7 @@ pub async fn mount(ctx: ServiceContext) -> anyhow::Result<Mounted> {
 
 struct Delivery {
     outbox: Outbox,
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 #[tonic::async_trait]
@@ -41,6 +43,7 @@ impl DeliveryService for Delivery {
         &self,
         request: Request<SubscribeRequest>,
     ) -> Result<Response<RecordStream>, Status> {
-        rapport_rpc::feed::subscribe(&self.outbox, request.into_inner()).map(Response::new)
+        rapport_rpc::feed::subscribe(&self.outbox, request.into_inner(), &self.shutdown)
+            .map(Response::new)
     }
 }

@@ -111,6 +111,8 @@ pub struct Resolved {
     pub created: bool,
     /// Customers merged into `customer_id` by this call (now aliases).
     pub merged: Vec<String>,
+    /// The recorded merges, in the order of `merged`.
+    pub merge_ids: Vec<String>,
     /// Identifiers attached to the customer by this call.
     pub attached: Vec<Ident>,
     /// Identifiers left out of the evidence, with the rule that left them out.
@@ -397,6 +399,7 @@ impl Graph {
                 .await?;
             messages.push(self.events.merged(&change));
             resolved.merged.push(other.clone());
+            resolved.merge_ids.push(change.id.clone());
         }
         // Attach what is new; refresh what is known.
         for ident in &evidence {

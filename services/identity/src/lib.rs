@@ -1,14 +1,17 @@
 //! The identity service.
 
-use rapport_proto::common::v1::SubscribeRequest;
-use rapport_proto::identity::v1::identity_service_server::{
-    IdentityService, IdentityServiceServer,
-};
-use rapport_rpc::{Mounted, ServiceContext, feed::RecordStream};
+use std::sync::Arc;
+
+use rapport_proto::identity::v1::identity_service_server::IdentityServiceServer;
+use rapport_rpc::{Mounted, ServiceContext};
 use rapport_storage::{Db, Outbox, sqlx::migrate::Migrator};
-use tonic::{Request, Response, Status};
+
+use crate::graph::Graph;
+use crate::normalize::Normalizer;
+use crate::settings::IdentitySettings;
 
 pub mod graph;
+pub mod grpc;
 pub mod matching;
 pub mod normalize;
 pub mod settings;
@@ -26,26 +29,24 @@ pub async fn migrate(db: &Db) -> Result<(), rapport_storage::StorageError> {
 
 /// Builds the service on its migrated database.
 pub async fn mount(ctx: ServiceContext) -> anyhow::Result<Mounted> {
-    let service = Identity {
-        outbox: Outbox::new(ctx.db.clone()),
+    let settings: IdentitySettings = ctx.settings.section(NAME)?;
+    let normalizer = Normalizer::new(&settings).map_err(anyhow::Error::msg)?;
+    let outbox = Outbox::new(ctx.db.clone());
+    let graph = Graph::new(
+        ctx.db.clone(),
+        outbox.clone(),
+        Arc::new(settings),
+        Arc::new(grpc::ProtoEvents),
+    );
+    let service = grpc::Identity {
+        graph,
+        normalizer: Arc::new(normalizer),
+        outbox,
+        shutdown: ctx.shutdown.clone(),
     };
     Ok(Mounted::new(
         NAME,
         ctx.db.clone(),
         IdentityServiceServer::new(service),
     ))
-}
-
-struct Identity {
-    outbox: Outbox,
-}
-
-#[tonic::async_trait]
-impl IdentityService for Identity {
-    async fn subscribe(
-        &self,
-        request: Request<SubscribeRequest>,
-    ) -> Result<Response<RecordStream>, Status> {
-        rapport_rpc::feed::subscribe(&self.outbox, request.into_inner()).map(Response::new)
-    }
 }

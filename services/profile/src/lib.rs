@@ -21,6 +21,7 @@ pub async fn migrate(db: &Db) -> Result<(), rapport_storage::StorageError> {
 pub async fn mount(ctx: ServiceContext) -> anyhow::Result<Mounted> {
     let service = Profile {
         outbox: Outbox::new(ctx.db.clone()),
+        shutdown: ctx.shutdown.clone(),
     };
     Ok(Mounted::new(
         NAME,
@@ -31,6 +32,7 @@ pub async fn mount(ctx: ServiceContext) -> anyhow::Result<Mounted> {
 
 struct Profile {
     outbox: Outbox,
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 #[tonic::async_trait]
@@ -39,6 +41,7 @@ impl ProfileService for Profile {
         &self,
         request: Request<SubscribeRequest>,
     ) -> Result<Response<RecordStream>, Status> {
-        rapport_rpc::feed::subscribe(&self.outbox, request.into_inner()).map(Response::new)
+        rapport_rpc::feed::subscribe(&self.outbox, request.into_inner(), &self.shutdown)
+            .map(Response::new)
     }
 }

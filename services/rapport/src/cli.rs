@@ -27,6 +27,32 @@ enum Command {
     Ping(ClientArgs),
     /// Show the gRPC health of every service of a running server (no token needed).
     Health(ClientArgs),
+    /// Load a running server at a fixed rate and report latency quantiles (docs/BENCHMARKS.md).
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// What to call: `ping` (the stack's floor) or `resolve` (Identity.Resolve over a pool of customers).
+    #[arg(value_parser = ["ping", "resolve"])]
+    target: String,
+    /// Calls started per second.
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// Seconds measured, after the warm-up.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Seconds of warm-up at the same rate, not measured.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// gRPC connections to spread the calls over.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// How many distinct customers the calls touch (resolve).
+    #[arg(long, default_value_t = 10_000)]
+    customers: u64,
 }
 
 #[derive(Debug, Args)]
@@ -103,6 +129,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Ping(args) => ping(args).await,
         Command::Health(args) => health(args).await,
+        Command::Bench(args) => bench(args).await,
     }
 }
 
@@ -219,6 +246,62 @@ async fn health(args: ClientArgs) -> anyhow::Result<()> {
     }
     if !all_serving {
         anyhow::bail!("health check failed");
+    }
+    Ok(())
+}
+
+fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = format!("Bearer {token}").parse() {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    use futures::FutureExt as _;
+    let target = target(&args.client)?;
+    let token: std::sync::Arc<str> = target
+        .token
+        .context("no token: pass --token or RAPPORT_TOKEN")?
+        .into();
+    let mut channels = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        channels.push(channel(&target.endpoint).await?);
+    }
+    let spec = rapport::bench::LoadSpec {
+        rate: args.rate,
+        duration: std::time::Duration::from_secs(args.seconds),
+        warmup: std::time::Duration::from_secs(args.warmup),
+        max_in_flight: 10_000,
+    };
+    let n = channels.len() as u64;
+    let report = match args.target.as_str() {
+        "ping" => {
+            rapport::bench::run(&spec, move |i| {
+                let mut client = DiagnosticsServiceClient::new(channels[(i % n) as usize].clone());
+                let token = token.clone();
+                async move {
+                    client
+                        .ping(bearer(PingRequest::default(), &token))
+                        .await
+                        .map(|_| ())
+                }
+                .boxed()
+            })
+            .await
+        }
+        _ => rapport::bench::resolve_load(&spec, channels, token, args.customers).await,
+    };
+    println!(
+        "{}",
+        report.summary(&format!(
+            "{} at {}/s over {} connection(s)",
+            args.target, args.rate, n
+        ))
+    );
+    if let Some(e) = &report.first_error {
+        println!("first error: {e}");
     }
     Ok(())
 }

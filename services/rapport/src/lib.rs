@@ -2,6 +2,7 @@
 //! clients between them (in process when a service runs here, over gRPC when `[clients]` names it),
 //! and drains on shutdown. `main.rs` is the command line around it; the testkit starts it on port 0.
 
+pub mod bench;
 pub mod diagnostics;
 pub mod http_api;
 pub mod server;

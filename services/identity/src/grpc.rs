@@ -1,0 +1,523 @@
+//! `rapport.identity.v1.IdentityService` over the graph: wire types in and out, validation that names
+//! the field, outbox payloads as protobuf.
+
+use std::sync::Arc;
+
+use prost::{Message, Name};
+use rapport_errors::Error;
+use rapport_proto::common::v1 as common;
+use rapport_proto::identity::v1 as pb;
+use rapport_proto::identity::v1::identity_service_server::IdentityService;
+use rapport_rpc::feed::RecordStream;
+use rapport_storage::{Outbox, OutboxMessage};
+use tonic::{Request, Response, Status};
+
+use crate::graph::{self, EventEncoder, Graph, GraphChange, Origin, StoredIdent};
+use crate::normalize::{IdType, Ident, Normalizer, Rejection};
+
+/// The most identifiers one Resolve may carry.
+pub const MAX_IDENTIFIERS: usize = 50;
+
+/// The gRPC service.
+pub struct Identity {
+    pub(crate) graph: Graph,
+    pub(crate) normalizer: Arc<Normalizer>,
+    pub(crate) outbox: Outbox,
+    pub(crate) shutdown: tokio_util::sync::CancellationToken,
+}
+
+fn id_type_of(t: i32) -> Option<IdType> {
+    Some(match common::IdentifierType::try_from(t).ok()? {
+        common::IdentifierType::UserId => IdType::UserId,
+        common::IdentifierType::Email => IdType::Email,
+        common::IdentifierType::Phone => IdType::Phone,
+        common::IdentifierType::AnonymousId => IdType::AnonymousId,
+        common::IdentifierType::DeviceId => IdType::DeviceId,
+        common::IdentifierType::LoyaltyId => IdType::LoyaltyId,
+        common::IdentifierType::External => IdType::External,
+        common::IdentifierType::Unspecified => return None,
+    })
+}
+
+fn wire_type(t: IdType) -> common::IdentifierType {
+    match t {
+        IdType::UserId => common::IdentifierType::UserId,
+        IdType::Email => common::IdentifierType::Email,
+        IdType::Phone => common::IdentifierType::Phone,
+        IdType::AnonymousId => common::IdentifierType::AnonymousId,
+        IdType::DeviceId => common::IdentifierType::DeviceId,
+        IdType::LoyaltyId => common::IdentifierType::LoyaltyId,
+        IdType::External => common::IdentifierType::External,
+    }
+}
+
+/// The wire form of a normalised identifier.
+pub fn to_wire(i: &Ident) -> common::Identifier {
+    common::Identifier {
+        r#type: wire_type(i.id_type) as i32,
+        value: i.value.clone(),
+        namespace: i.namespace.clone(),
+    }
+}
+
+fn stored_to_wire(s: &StoredIdent) -> common::Identifier {
+    match s.to_ident() {
+        Some(i) => to_wire(&i),
+        None => common::Identifier {
+            r#type: 0,
+            value: s.value.clone(),
+            namespace: s.namespace.clone(),
+        },
+    }
+}
+
+/// Normalises the identifier at `field`; `Ok(None)` when it is a blocked placeholder.
+pub fn parse_identifier(
+    n: &Normalizer,
+    field: &str,
+    id: &common::Identifier,
+) -> Result<Option<Ident>, Error> {
+    let t = id_type_of(id.r#type).ok_or_else(|| {
+        Error::invalid(
+            &format!("{field}.type"),
+            "must be set to a known identifier type",
+        )
+    })?;
+    match n.normalize(t, &id.namespace, &id.value) {
+        Ok(i) => Ok(Some(i)),
+        Err(Rejection::Blocked) => Ok(None),
+        Err(Rejection::Invalid(problem)) if problem.starts_with("namespace") => {
+            Err(Error::invalid(
+                &format!("{field}.namespace"),
+                problem.trim_start_matches("namespace: "),
+            ))
+        }
+        Err(Rejection::Invalid(problem)) => Err(Error::invalid(&format!("{field}.value"), problem)),
+    }
+}
+
+fn origin_of(p: Option<&common::Provenance>) -> Origin {
+    p.map(|p| Origin {
+        source: p.source.clone(),
+        event_id: p.source_record_id.clone(),
+    })
+    .unwrap_or_default()
+}
+
+fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+fn change_to_wire(c: &GraphChange) -> pb::GraphChange {
+    let kind = match c.kind.as_str() {
+        "merge" => pb::ChangeKind::Merge,
+        "split" => pb::ChangeKind::Split,
+        "refusal" => pb::ChangeKind::Refusal,
+        _ => pb::ChangeKind::Unspecified,
+    };
+    pb::GraphChange {
+        change_id: c.id.clone(),
+        kind: kind as i32,
+        customer_id: c.customer_id.clone(),
+        other_customer_id: c.other_id.clone().unwrap_or_default(),
+        rule: c.rule.clone(),
+        provenance: Some(common::Provenance {
+            source: c.origin.source.clone(),
+            source_record_id: c.origin.event_id.clone(),
+            actor: String::new(),
+        }),
+        evidence: c.evidence.identifiers.iter().map(stored_to_wire).collect(),
+        moved: c.evidence.moved.iter().map(stored_to_wire).collect(),
+        excluded: c
+            .evidence
+            .excluded
+            .iter()
+            .map(|e| pb::ExcludedIdentifier {
+                identifier: Some(stored_to_wire(&e.identifier)),
+                reason: e.reason.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        undone_by: c.undone_by.clone().unwrap_or_default(),
+        undoes: c.evidence.undoes.clone().unwrap_or_default(),
+        match_weight: c.evidence.match_weight,
+        created_at: Some(timestamp(c.created_at)),
+        ..Default::default()
+    }
+}
+
+fn customer_to_wire(e: &graph::Explained) -> pb::Customer {
+    let kind = match e.kind.as_str() {
+        "household" => pb::EntityKind::Household,
+        "account" => pb::EntityKind::Account,
+        "site" => pb::EntityKind::Site,
+        "contact" => pb::EntityKind::Contact,
+        _ => pb::EntityKind::Person,
+    };
+    pb::Customer {
+        customer_id: e.customer_id.clone(),
+        kind: kind as i32,
+        created_at: Some(timestamp(e.created_at)),
+        identifiers: e
+            .identifiers
+            .iter()
+            .map(|h| pb::HeldIdentifier {
+                identifier: Some(to_wire(&h.ident)),
+                source: h.source.clone(),
+                first_seen: Some(timestamp(h.first_seen)),
+                last_seen: Some(timestamp(h.last_seen)),
+            })
+            .collect(),
+        aliases: e.aliases.clone(),
+        erased: e.kind == "erased",
+        ..Default::default()
+    }
+}
+
+fn required_id<'a>(field: &str, id: &'a str) -> Result<&'a str, Error> {
+    let id = id.trim();
+    if id.is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    if id.len() > 128 {
+        return Err(Error::invalid(field, "longer than 128 characters"));
+    }
+    Ok(id)
+}
+
+impl Identity {
+    async fn customer_of(
+        &self,
+        field: &str,
+        r: Option<&common::CustomerRef>,
+    ) -> Result<String, Error> {
+        match r.and_then(|r| r.r#ref.as_ref()) {
+            Some(common::customer_ref::Ref::CustomerId(id)) => {
+                let id = required_id(&format!("{field}.customer_id"), id)?;
+                self.graph
+                    .canonical(id)
+                    .await?
+                    .ok_or_else(|| Error::not_found(format!("customer {id}")))
+            }
+            Some(common::customer_ref::Ref::Identifier(i)) => {
+                let ident = parse_identifier(&self.normalizer, &format!("{field}.identifier"), i)?
+                    .ok_or_else(|| {
+                        Error::invalid(
+                            &format!("{field}.identifier.value"),
+                            "is a blocked placeholder value",
+                        )
+                    })?;
+                self.graph
+                    .lookup(&ident)
+                    .await?
+                    .ok_or_else(|| Error::not_found("customer with this identifier"))
+            }
+            None => Err(Error::invalid(
+                field,
+                "is required: a customer_id or an identifier",
+            )),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl IdentityService for Identity {
+    async fn subscribe(
+        &self,
+        request: Request<common::SubscribeRequest>,
+    ) -> Result<Response<RecordStream>, Status> {
+        rapport_rpc::feed::subscribe(&self.outbox, request.into_inner(), &self.shutdown)
+            .map(Response::new)
+    }
+
+    async fn resolve(
+        &self,
+        request: Request<pb::ResolveRequest>,
+    ) -> Result<Response<pb::ResolveResponse>, Status> {
+        let request = request.into_inner();
+        if request.identifiers.is_empty() {
+            return Err(
+                Error::invalid("identifiers", "at least one identifier is required").into(),
+            );
+        }
+        if request.identifiers.len() > MAX_IDENTIFIERS {
+            return Err(Error::invalid(
+                "identifiers",
+                format!("at most {MAX_IDENTIFIERS} per call"),
+            )
+            .into());
+        }
+        let mut idents = Vec::with_capacity(request.identifiers.len());
+        let mut ignored = Vec::new();
+        for (i, id) in request.identifiers.iter().enumerate() {
+            match parse_identifier(&self.normalizer, &format!("identifiers[{i}]"), id)? {
+                Some(ident) => idents.push(ident),
+                None => ignored.push(i as i32),
+            }
+        }
+        if idents.is_empty() {
+            return Err(Error::invalid(
+                "identifiers",
+                "every identifier is a blocked placeholder value; nothing can be resolved",
+            )
+            .into());
+        }
+        let resolved = self
+            .graph
+            .resolve(idents, origin_of(request.provenance.as_ref()))
+            .await?;
+        Ok(Response::new(pb::ResolveResponse {
+            customer_id: resolved.customer_id,
+            created: resolved.created,
+            merged_customer_ids: resolved.merged,
+            merge_ids: resolved.merge_ids,
+            attached: resolved.attached.iter().map(to_wire).collect(),
+            excluded: resolved
+                .excluded
+                .iter()
+                .map(|e| pb::ExcludedIdentifier {
+                    identifier: Some(stored_to_wire(&e.identifier)),
+                    reason: e.reason.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            ignored,
+        }))
+    }
+
+    async fn lookup(
+        &self,
+        request: Request<pb::LookupRequest>,
+    ) -> Result<Response<pb::LookupResponse>, Status> {
+        let request = request.into_inner();
+        let id = request
+            .identifier
+            .as_ref()
+            .ok_or_else(|| Error::invalid("identifier", "is required"))?;
+        let ident = parse_identifier(&self.normalizer, "identifier", id)?
+            .ok_or_else(|| Error::invalid("identifier.value", "is a blocked placeholder value"))?;
+        let customer_id = self
+            .graph
+            .lookup(&ident)
+            .await?
+            .ok_or_else(|| Error::not_found("customer with this identifier"))?;
+        Ok(Response::new(pb::LookupResponse { customer_id }))
+    }
+
+    async fn get_customer(
+        &self,
+        request: Request<pb::GetCustomerRequest>,
+    ) -> Result<Response<pb::Customer>, Status> {
+        let request = request.into_inner();
+        let id = required_id("customer_id", &request.customer_id)?;
+        let explained = self.graph.explain(id).await?;
+        Ok(Response::new(customer_to_wire(&explained)))
+    }
+
+    async fn explain(
+        &self,
+        request: Request<pb::ExplainRequest>,
+    ) -> Result<Response<pb::ExplainResponse>, Status> {
+        let request = request.into_inner();
+        let id = required_id("customer_id", &request.customer_id)?;
+        let explained = self.graph.explain(id).await?;
+        Ok(Response::new(pb::ExplainResponse {
+            customer: Some(customer_to_wire(&explained)),
+            changes: explained.changes.iter().map(change_to_wire).collect(),
+            ..Default::default()
+        }))
+    }
+
+    async fn split(
+        &self,
+        request: Request<pb::SplitRequest>,
+    ) -> Result<Response<pb::SplitResponse>, Status> {
+        let request = request.into_inner();
+        let id = required_id("customer_id", &request.customer_id)?;
+        let provenance = request.provenance.as_ref();
+        if provenance.is_none_or(|p| p.source.trim().is_empty()) {
+            return Err(Error::invalid(
+                "provenance.source",
+                "is required: who asked for the split",
+            )
+            .into());
+        }
+        let merge_id = Some(request.merge_id.trim()).filter(|m| !m.is_empty());
+        if merge_id.is_some() && !request.identifiers.is_empty() {
+            return Err(Error::invalid(
+                "identifiers",
+                "give either merge_id or identifiers, not both",
+            )
+            .into());
+        }
+        let mut idents = Vec::new();
+        for (i, w) in request.identifiers.iter().enumerate() {
+            let field = format!("identifiers[{i}]");
+            let ident = parse_identifier(&self.normalizer, &field, w)?.ok_or_else(|| {
+                Error::invalid(&format!("{field}.value"), "is a blocked placeholder value")
+            })?;
+            idents.push(ident);
+        }
+        let (split_id, change) = self
+            .graph
+            .split(id, merge_id, idents, origin_of(provenance))
+            .await?;
+        Ok(Response::new(pb::SplitResponse {
+            customer_id: change.customer_id.clone(),
+            split_customer_id: split_id,
+            change: Some(change_to_wire(&change)),
+        }))
+    }
+
+    async fn export_customer(
+        &self,
+        request: Request<common::ExportCustomerRequest>,
+    ) -> Result<Response<common::ExportCustomerResponse>, Status> {
+        let request = request.into_inner();
+        let id = self
+            .customer_of("customer", request.customer.as_ref())
+            .await?;
+        let explained = self.graph.explain(&id).await?;
+        let json = serde_json::json!({
+            "customer_id": explained.customer_id,
+            "kind": explained.kind,
+            "created_at_ms": explained.created_at,
+            "aliases": explained.aliases,
+            "identifiers": explained.identifiers.iter().map(|h| serde_json::json!({
+                "type": h.ident.id_type.name(),
+                "namespace": h.ident.namespace,
+                "value": h.ident.value,
+                "source": h.source,
+                "first_seen_ms": h.first_seen,
+                "last_seen_ms": h.last_seen,
+            })).collect::<Vec<_>>(),
+            "changes": explained.changes.iter().map(|c| serde_json::json!({
+                "id": c.id, "kind": c.kind, "customer_id": c.customer_id, "other_id": c.other_id,
+                "rule": c.rule, "source": c.origin.source, "event_id": c.origin.event_id,
+                "evidence": c.evidence, "created_at_ms": c.created_at,
+            })).collect::<Vec<_>>(),
+        });
+        Ok(Response::new(common::ExportCustomerResponse {
+            customer_id: id,
+            data: Some(json_to_struct(json)),
+        }))
+    }
+
+    async fn erase_customer(
+        &self,
+        request: Request<common::EraseCustomerRequest>,
+    ) -> Result<Response<common::EraseCustomerResponse>, Status> {
+        let request = request.into_inner();
+        if request.reason.trim().is_empty() {
+            return Err(Error::invalid("reason", "is required for the audit log").into());
+        }
+        let id = self
+            .customer_of("customer", request.customer.as_ref())
+            .await?;
+        let (_, erased) = self.graph.erase(&id).await?;
+        tracing::info!(customer_id = %id, rows = erased, "customer erased from the identity graph");
+        Ok(Response::new(common::EraseCustomerResponse {
+            records_erased: erased as i64,
+        }))
+    }
+}
+
+/// A JSON value as a protobuf Struct (objects only; anything else is wrapped as `{"value": ...}`).
+pub fn json_to_struct(v: serde_json::Value) -> prost_types::Struct {
+    match json_to_value(v).kind {
+        Some(prost_types::value::Kind::StructValue(s)) => s,
+        other => prost_types::Struct {
+            fields: [("value".to_string(), prost_types::Value { kind: other })]
+                .into_iter()
+                .collect(),
+        },
+    }
+}
+
+fn json_to_value(v: serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s),
+        serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.into_iter().map(json_to_value).collect(),
+        }),
+        serde_json::Value::Object(o) => Kind::StructValue(prost_types::Struct {
+            fields: o.into_iter().map(|(k, v)| (k, json_to_value(v))).collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+fn provenance(o: &Origin) -> common::Provenance {
+    common::Provenance {
+        source: o.source.clone(),
+        source_record_id: o.event_id.clone(),
+        actor: String::new(),
+    }
+}
+
+/// Outbox payloads as the protobuf events of the contract.
+pub struct ProtoEvents;
+
+fn message<M: Message + Name>(topic: &str, key: &str, m: &M) -> OutboxMessage {
+    OutboxMessage::new(topic, key, M::full_name(), m.encode_to_vec())
+}
+
+impl EventEncoder for ProtoEvents {
+    fn created(&self, customer_id: &str, identifiers: &[Ident], origin: &Origin) -> OutboxMessage {
+        let event = pb::CustomerCreated {
+            customer_id: customer_id.to_string(),
+            identifiers: identifiers.iter().map(to_wire).collect(),
+            provenance: Some(common::Provenance {
+                source: origin.source.clone(),
+                source_record_id: origin.event_id.clone(),
+                actor: String::new(),
+            }),
+            kind: pb::EntityKind::Person as i32,
+            occurred_at: None,
+        };
+        message(graph::TOPIC_CREATED, customer_id, &event)
+    }
+
+    fn merged(&self, change: &GraphChange) -> OutboxMessage {
+        let event = pb::CustomersMerged {
+            survivor_customer_id: change.customer_id.clone(),
+            merged_customer_id: change.other_id.clone().unwrap_or_default(),
+            merge_id: change.id.clone(),
+            moved: change.evidence.moved.iter().map(stored_to_wire).collect(),
+            rule: change.rule.clone(),
+            provenance: Some(provenance(&change.origin)),
+            match_weight: change.evidence.match_weight,
+            moved_aliases: change.evidence.aliases.clone(),
+        };
+        message(graph::TOPIC_MERGED, &change.customer_id, &event)
+    }
+
+    fn split(&self, change: &GraphChange, identifiers: &[Ident]) -> OutboxMessage {
+        let event = pb::CustomerSplit {
+            customer_id: change.customer_id.clone(),
+            split_customer_id: change.other_id.clone().unwrap_or_default(),
+            undoes_merge_id: change.evidence.undoes.clone().unwrap_or_default(),
+            identifiers: identifiers.iter().map(to_wire).collect(),
+            split_id: change.id.clone(),
+            aliases: change.evidence.aliases.clone(),
+            provenance: Some(provenance(&change.origin)),
+        };
+        message(graph::TOPIC_SPLIT, &change.customer_id, &event)
+    }
+
+    fn erased(&self, customer_id: &str, aliases: &[String]) -> OutboxMessage {
+        let event = pb::CustomerErased {
+            customer_id: customer_id.to_string(),
+            aliases: aliases.to_vec(),
+            erased_at: Some(timestamp(rapport_storage::now_millis())),
+        };
+        message(graph::TOPIC_ERASED, customer_id, &event)
+    }
+}

@@ -1,0 +1,194 @@
+//! An open-loop load generator for the benchmarks in docs/BENCHMARKS.md: calls are started at a fixed
+//! rate whether or not earlier ones have finished, and each latency is measured from the moment the call
+//! was due, so a slow server cannot hide its queueing (no coordinated omission).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use tokio::sync::Semaphore;
+
+/// How hard and how long to push.
+#[derive(Debug, Clone)]
+pub struct LoadSpec {
+    /// Calls started per second.
+    pub rate: u32,
+    /// How long to keep starting calls (after the warm-up).
+    pub duration: Duration,
+    /// Calls started before measuring, at the same rate.
+    pub warmup: Duration,
+    /// Calls in flight at most; beyond it a call counts as dropped.
+    pub max_in_flight: usize,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone)]
+pub struct LoadReport {
+    pub sent: u64,
+    pub ok: u64,
+    pub errors: u64,
+    pub dropped: u64,
+    pub elapsed: Duration,
+    /// Latencies in microseconds, sorted.
+    pub latencies_us: Vec<u64>,
+    /// The first error seen, if any.
+    pub first_error: Option<String>,
+}
+
+impl LoadReport {
+    /// The `q` quantile (0..=1) in milliseconds.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies_us.len() as f64 - 1.0) * q).round() as usize;
+        self.latencies_us[i] as f64 / 1000.0
+    }
+
+    /// One line per figure, as pasted into docs/BENCHMARKS.md.
+    pub fn summary(&self, what: &str) -> String {
+        format!(
+            "{what}: {} calls in {:.1} s = {:.0}/s achieved; ok {}, errors {}, dropped {}\n\
+             latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+            self.sent,
+            self.elapsed.as_secs_f64(),
+            self.sent as f64 / self.elapsed.as_secs_f64(),
+            self.ok,
+            self.errors,
+            self.dropped,
+            self.quantile_ms(0.5),
+            self.quantile_ms(0.9),
+            self.quantile_ms(0.99),
+            self.quantile_ms(0.999),
+            self.quantile_ms(1.0),
+        )
+    }
+}
+
+/// Calls `call(i)` at `spec.rate` per second for the warm-up and then the measured duration.
+pub async fn run<F>(spec: &LoadSpec, call: F) -> LoadReport
+where
+    F: Fn(u64) -> BoxFuture<'static, Result<(), tonic::Status>> + Send + Sync + 'static,
+{
+    let call = Arc::new(call);
+    let interval = Duration::from_secs_f64(1.0 / f64::from(spec.rate.max(1)));
+    let permits = Arc::new(Semaphore::new(spec.max_in_flight));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(bool, u64, Option<String>)>();
+    let start = Instant::now();
+    let measure_from = start + spec.warmup;
+    let end = measure_from + spec.duration;
+    let mut i: u64 = 0;
+    let mut dropped = 0;
+    let mut sent = 0;
+    loop {
+        let due = start + interval.mul_f64(i as f64);
+        if due >= end {
+            break;
+        }
+        tokio::time::sleep_until(due.into()).await;
+        let measured = due >= measure_from;
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            if measured {
+                dropped += 1;
+            }
+            i += 1;
+            continue;
+        };
+        if measured {
+            sent += 1;
+        }
+        let call = call.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let result = call(i).await;
+            let latency = due.elapsed().as_micros() as u64;
+            drop(permit);
+            if measured {
+                let _ = tx.send((
+                    result.is_ok(),
+                    latency,
+                    result
+                        .err()
+                        .map(|s| format!("{}: {}", s.code(), s.message())),
+                ));
+            }
+        });
+        i += 1;
+    }
+    drop(tx);
+    let mut report = LoadReport {
+        sent,
+        ok: 0,
+        errors: 0,
+        dropped,
+        elapsed: spec.duration,
+        latencies_us: Vec::with_capacity(sent as usize),
+        first_error: None,
+    };
+    while let Some((ok, latency, error)) = rx.recv().await {
+        if ok {
+            report.ok += 1;
+            report.latencies_us.push(latency);
+        } else {
+            report.errors += 1;
+            if report.first_error.is_none() {
+                report.first_error = error;
+            }
+        }
+    }
+    report.latencies_us.sort_unstable();
+    report
+}
+
+/// Identity.Resolve load: each call resolves the email and loyalty id of one of `customers` synthetic
+/// customers, so after the first pass over the pool most calls find a known customer, as in production
+/// where the same people come back.
+pub async fn resolve_load(
+    spec: &LoadSpec,
+    channels: Vec<tonic::transport::Channel>,
+    token: Arc<str>,
+    customers: u64,
+) -> LoadReport {
+    use futures::FutureExt as _;
+    use rapport_proto::common::v1::{Identifier, IdentifierType, Provenance};
+    use rapport_proto::identity::v1::{
+        ResolveRequest, identity_service_client::IdentityServiceClient,
+    };
+    let n = channels.len() as u64;
+    let customers = customers.max(1);
+    run(spec, move |i| {
+        let mut client = IdentityServiceClient::new(channels[(i % n) as usize].clone());
+        let token = token.clone();
+        // A multiplicative hash spreads consecutive calls over the pool.
+        let who = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % customers;
+        let request = ResolveRequest {
+            identifiers: vec![
+                Identifier {
+                    r#type: IdentifierType::Email as i32,
+                    value: format!("bench{who}@example.com"),
+                    namespace: String::new(),
+                },
+                Identifier {
+                    r#type: IdentifierType::LoyaltyId as i32,
+                    value: format!("L{who}"),
+                    namespace: String::new(),
+                },
+            ],
+            provenance: Some(Provenance {
+                source: "bench".into(),
+                source_record_id: String::new(),
+                actor: String::new(),
+            }),
+            ..Default::default()
+        };
+        async move {
+            let mut request = tonic::Request::new(request);
+            if let Ok(v) = format!("Bearer {token}").parse() {
+                request.metadata_mut().insert("authorization", v);
+            }
+            client.resolve(request).await.map(|_| ())
+        }
+        .boxed()
+    })
+    .await
+}

@@ -1,0 +1,215 @@
+//! Identity over gRPC: resolve, merge, explain, split, bad input, and the merge feed for the profile store.
+
+use futures::StreamExt;
+use prost::Message;
+use rapport_proto::common::v1::{Identifier, IdentifierType, Provenance, SubscribeRequest};
+use rapport_proto::identity::v1::{self as pb, identity_service_client::IdentityServiceClient};
+use rapport_testkit::TestSuite;
+use tonic::Code;
+
+fn id(t: IdentifierType, value: &str) -> Identifier {
+    Identifier {
+        r#type: t as i32,
+        value: value.into(),
+        namespace: String::new(),
+    }
+}
+
+fn resolve_request(ids: Vec<Identifier>) -> pb::ResolveRequest {
+    pb::ResolveRequest {
+        identifiers: ids,
+        provenance: Some(Provenance {
+            source: "webshop".into(),
+            source_record_id: "evt-1".into(),
+            actor: String::new(),
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn resolve_merge_explain_and_split_over_grpc() {
+    let suite = TestSuite::start_with(rapport_testkit::SuiteOptions::services(&["identity"])).await;
+    let mut client = IdentityServiceClient::new(suite.channel().await);
+    let web = client
+        .resolve(suite.admin(resolve_request(vec![
+            id(IdentifierType::AnonymousId, "ck-1"),
+            id(IdentifierType::Email, " Eva@Example.COM"),
+        ])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(web.created);
+    let store = client
+        .resolve(suite.admin(resolve_request(vec![
+            id(IdentifierType::LoyaltyId, "L-9"),
+            id(IdentifierType::UserId, "null"),
+        ])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(store.ignored, vec![1], "the placeholder user id is ignored");
+    let joined = client
+        .resolve(suite.admin(resolve_request(vec![
+            id(IdentifierType::Email, "eva@example.com"),
+            id(IdentifierType::LoyaltyId, "L-9"),
+        ])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(joined.customer_id, web.customer_id);
+    assert_eq!(joined.merged_customer_ids, vec![store.customer_id.clone()]);
+
+    // The alias still finds the survivor, and Explain shows the evidence.
+    let explained = client
+        .explain(suite.admin(pb::ExplainRequest {
+            customer_id: store.customer_id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let customer = explained.customer.unwrap();
+    assert_eq!(customer.customer_id, web.customer_id);
+    assert_eq!(customer.aliases, vec![store.customer_id.clone()]);
+    let merge = explained
+        .changes
+        .iter()
+        .find(|c| c.kind == pb::ChangeKind::Merge as i32)
+        .unwrap();
+    assert_eq!(merge.provenance.as_ref().unwrap().source, "webshop");
+    assert_eq!(merge.evidence.len(), 2);
+
+    // The merge reaches the feed as a typed event.
+    let mut feed = client
+        .subscribe(suite.admin(SubscribeRequest {
+            topics: vec!["identity.merged".into()],
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let record = feed.next().await.unwrap().unwrap();
+    let any = record.payload.unwrap();
+    assert_eq!(
+        any.type_url,
+        "type.googleapis.com/rapport.identity.v1.CustomersMerged"
+    );
+    let event = pb::CustomersMerged::decode(any.value.as_slice()).unwrap();
+    assert_eq!(
+        (
+            event.survivor_customer_id.as_str(),
+            event.merged_customer_id.as_str()
+        ),
+        (web.customer_id.as_str(), store.customer_id.as_str())
+    );
+
+    // Undo it exactly.
+    let split = client
+        .split(suite.admin(pb::SplitRequest {
+            customer_id: web.customer_id.clone(),
+            merge_id: merge.change_id.clone(),
+            identifiers: vec![],
+            provenance: Some(Provenance {
+                source: "support".into(),
+                source_record_id: "ticket-1".into(),
+                actor: "agent-7".into(),
+            }),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(split.split_customer_id, store.customer_id);
+    let found = client
+        .lookup(suite.admin(pb::LookupRequest {
+            identifier: Some(id(IdentifierType::LoyaltyId, "L-9")),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(found.customer_id, store.customer_id);
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn bad_identifiers_are_named_and_nothing_is_written() {
+    let suite = TestSuite::start_with(rapport_testkit::SuiteOptions::services(&["identity"])).await;
+    let mut client = IdentityServiceClient::new(suite.channel().await);
+    let err = client
+        .resolve(suite.admin(resolve_request(vec![
+            id(IdentifierType::Email, "ok@example.com"),
+            id(IdentifierType::Email, "not-an-email"),
+        ])))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("identifiers[1].value"),
+        "{}",
+        err.message()
+    );
+    // The valid identifier of the refused call was not stored.
+    let err = client
+        .lookup(suite.admin(pb::LookupRequest {
+            identifier: Some(id(IdentifierType::Email, "ok@example.com")),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    let err = client
+        .resolve(suite.admin(resolve_request(vec![Identifier {
+            r#type: 0,
+            value: "x".into(),
+            namespace: String::new(),
+        }])))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().starts_with("identifiers[0].type"),
+        "{}",
+        err.message()
+    );
+    let err = client
+        .resolve(suite.admin(resolve_request(vec![Identifier {
+            r#type: IdentifierType::External as i32,
+            value: "1".into(),
+            namespace: String::new(),
+        }])))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().starts_with("identifiers[0].value"),
+        "{}",
+        err.message()
+    );
+    let err = client
+        .resolve(suite.admin(resolve_request(vec![])))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().starts_with("identifiers:"),
+        "{}",
+        err.message()
+    );
+    let err = client
+        .explain(suite.admin(pb::ExplainRequest {
+            customer_id: "cus_nope".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = client
+        .split(suite.admin(pb::SplitRequest {
+            customer_id: "cus_x".into(),
+            provenance: None,
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().starts_with("provenance.source"),
+        "{}",
+        err.message()
+    );
+    suite.stop().await;
+}
