@@ -148,19 +148,27 @@ pub const TOPIC_SPLIT: &str = "identity.split";
 pub const TOPIC_CREATED: &str = "identity.created";
 pub const TOPIC_ERASED: &str = "identity.erased";
 
+/// Who holds an identifier.
+#[derive(Debug, Clone)]
+struct Owner {
+    customer_id: String,
+    last_seen: i64,
+    kind: String,
+}
+
 /// The holders of `$idents` (`HashMap<Ident, (customer_id, last_seen)>`), read through `$exec`.
 macro_rules! owners_of {
     ($exec:expr, $idents:expr) => {{
         let idents: &[Ident] = $idents;
         let mut sql = String::from(
-            "SELECT id_type, namespace, value, customer_id, last_seen FROM identifiers WHERE ",
+            "SELECT i.id_type, i.namespace, i.value, i.customer_id, i.last_seen, c.kind FROM identifiers i JOIN customers c ON c.id = i.customer_id WHERE ",
         );
         for i in 0..idents.len() {
             if i > 0 {
                 sql.push_str(" OR ");
             }
             sql.push_str(&format!(
-                "(id_type = ${} AND namespace = ${} AND value = ${})",
+                "(i.id_type = ${} AND i.namespace = ${} AND i.value = ${})",
                 3 * i + 1,
                 3 * i + 2,
                 3 * i + 3
@@ -173,7 +181,7 @@ macro_rules! owners_of {
                 .bind(i.namespace.as_str())
                 .bind(i.value.as_str());
         }
-        let mut found: HashMap<Ident, (String, i64)> = HashMap::new();
+        let mut found: HashMap<Ident, Owner> = HashMap::new();
         for r in q.fetch_all($exec).await? {
             let id_type: String = r.get(0);
             if let Some(id_type) = IdType::from_name(&id_type) {
@@ -183,7 +191,11 @@ macro_rules! owners_of {
                         namespace: r.get(1),
                         value: r.get(2),
                     },
-                    (r.get(3), r.get(4)),
+                    Owner {
+                        customer_id: r.get(3),
+                        last_seen: r.get(4),
+                        kind: r.get(5),
+                    },
                 );
             }
         }
@@ -275,6 +287,18 @@ impl Graph {
     /// The customer `idents` (normalised, not blocked, at least one) belong to, creating, attaching and
     /// merging as the evidence and the limits allow.
     pub async fn resolve(&self, idents: Vec<Ident>, origin: Origin) -> Result<Resolved, Error> {
+        self.resolve_kind(idents, origin, "person").await
+    }
+
+    /// Like [`Graph::resolve`] for an entity of `kind` (person, household, account, site, contact): a new
+    /// customer gets that kind, and identifiers held by entities of another kind are left out, because
+    /// entities never merge across kinds.
+    pub async fn resolve_kind(
+        &self,
+        idents: Vec<Ident>,
+        origin: Origin,
+        kind: &str,
+    ) -> Result<Resolved, Error> {
         let mut idents: Vec<Ident> = idents
             .into_iter()
             .collect::<BTreeSet<_>>()
@@ -290,11 +314,11 @@ impl Graph {
         let known = on_db!(&self.db, p => owners_of!(p, &idents));
         let now = now_millis();
         if known.len() == idents.len() {
-            let owners: BTreeSet<&String> = known.values().map(|(c, _)| c).collect();
+            let owners: BTreeSet<&String> = known.values().map(|o| &o.customer_id).collect();
             if owners.len() == 1
                 && known
                     .values()
-                    .all(|(_, seen)| now - seen < LAST_SEEN_RESOLUTION_MS)
+                    .all(|o| now - o.last_seen < LAST_SEEN_RESOLUTION_MS && o.kind == kind)
             {
                 let customer_id = (*owners.iter().next().expect("one owner")).clone();
                 return Ok(Resolved {
@@ -305,7 +329,7 @@ impl Graph {
         }
         idents.sort_by_key(|i| (self.settings.rank_of(i.id_type), i.clone()));
         let (_guard, mut tx) = self.begin_write().await?;
-        let (resolved, messages) = self.resolve_in(&mut tx, idents, origin, now).await?;
+        let (resolved, messages) = self.resolve_in(&mut tx, idents, origin, kind, now).await?;
         self.finish(tx, messages).await?;
         Ok(resolved)
     }
@@ -336,6 +360,7 @@ impl Graph {
         tx: &mut Tx,
         mut evidence: Vec<Ident>,
         origin: Origin,
+        kind: &str,
         now: i64,
     ) -> Result<(Resolved, Vec<OutboxMessage>), Error> {
         let window_start = match self.settings.limit_window_days {
@@ -345,7 +370,35 @@ impl Graph {
         let mut excluded = Vec::new();
         let (owners, held) = loop {
             let known = on_tx!(tx, t => owners_of!(&mut **t, &evidence));
-            let owners: BTreeSet<String> = known.values().map(|(c, _)| c.clone()).collect();
+            // Entities never merge across kinds: identifiers of another kind's entity are left out.
+            let other_kind: Vec<Ident> = known
+                .iter()
+                .filter(|(_, o)| o.kind != kind)
+                .map(|(i, _)| i.clone())
+                .collect();
+            if !other_kind.is_empty() {
+                for ident in &other_kind {
+                    let owner = &known[ident];
+                    excluded.push(Excluded {
+                        identifier: StoredIdent::from(ident),
+                        reason: format!(
+                            "held by a {} entity; a {kind} never merges with it",
+                            owner.kind
+                        ),
+                    });
+                }
+                evidence.retain(|e| !other_kind.contains(e));
+                if evidence.is_empty() {
+                    return Err(Error::new(
+                        ErrorCode::FailedPrecondition,
+                        format!(
+                            "identifiers: every identifier belongs to an entity of another kind than {kind}"
+                        ),
+                    ));
+                }
+                continue;
+            }
+            let owners: BTreeSet<String> = known.values().map(|o| o.customer_id.clone()).collect();
             let mut held: Vec<HeldIdent> = Vec::new();
             for owner in &owners {
                 held.extend(on_tx!(tx, t => identifiers_of!(&mut **t, owner)));
@@ -380,8 +433,8 @@ impl Graph {
             Some(id) => id,
             None => {
                 let id = new_customer_id();
-                on_tx!(tx, t => sqlx::query("INSERT INTO customers (id, kind, created_at) VALUES ($1, 'person', $2)")
-                    .bind(&id).bind(now).execute(&mut **t).await?.rows_affected());
+                on_tx!(tx, t => sqlx::query("INSERT INTO customers (id, kind, created_at) VALUES ($1, $2, $3)")
+                    .bind(&id).bind(kind).bind(now).execute(&mut **t).await?.rows_affected());
                 resolved.created = true;
                 id
             }
@@ -448,7 +501,7 @@ impl Graph {
         owners: &BTreeSet<String>,
         held: &[HeldIdent],
         evidence: &[Ident],
-        known: &HashMap<Ident, (String, i64)>,
+        known: &HashMap<Ident, Owner>,
         window_start: i64,
     ) -> Option<IdType> {
         if evidence.len() < 2 {
@@ -525,7 +578,7 @@ impl Graph {
     /// The customer holding `ident`, if any.
     pub async fn lookup(&self, ident: &Ident) -> Result<Option<String>, Error> {
         let known = on_db!(&self.db, p => owners_of!(p, std::slice::from_ref(ident)));
-        Ok(known.into_values().next().map(|(c, _)| c))
+        Ok(known.into_values().next().map(|o| o.customer_id))
     }
 
     /// The customer's identifiers, aliases and recorded changes.
@@ -664,8 +717,11 @@ impl Graph {
             }
             None => {
                 let other = new_customer_id();
-                on_tx!(tx, t => sqlx::query("INSERT INTO customers (id, kind, created_at) VALUES ($1, 'person', $2)")
-                    .bind(&other).bind(now).execute(&mut **t).await?.rows_affected());
+                // The new customer is of the same kind as the one split.
+                on_tx!(tx, t => sqlx::query(
+                    "INSERT INTO customers (id, kind, created_at) SELECT $1, kind, $2 FROM customers WHERE id = $3",
+                )
+                .bind(&other).bind(now).bind(&id).execute(&mut **t).await?.rows_affected());
                 (other, identifiers.clone(), Vec::new())
             }
         };

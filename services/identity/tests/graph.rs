@@ -371,3 +371,48 @@ async fn concurrent_resolves_of_new_identifiers_create_one_customer() {
     ids.dedup();
     assert_eq!(ids.len(), 1, "{ids:?}");
 }
+
+#[tokio::test]
+async fn entities_of_different_kinds_never_merge() {
+    let f = fixture(IdentitySettings::default()).await;
+    let ids = |v: &[(IdType, &str)]| v.iter().map(|(t, x)| f.id(*t, x)).collect::<Vec<_>>();
+    let account = f
+        .graph
+        .resolve_kind(ids(&[(External, "ACME-1")]), Origin::default(), "account")
+        .await
+        .unwrap();
+    let contact = f
+        .graph
+        .resolve_kind(
+            ids(&[(Email, "jo@acme.example")]),
+            Origin::default(),
+            "contact",
+        )
+        .await
+        .unwrap();
+    let r = f
+        .graph
+        .resolve_kind(
+            ids(&[(Email, "jo@acme.example"), (External, "ACME-1")]),
+            Origin::default(),
+            "contact",
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.customer_id, contact.customer_id);
+    assert!(r.merged.is_empty());
+    assert_eq!(r.excluded.len(), 1);
+    assert!(
+        r.excluded[0].reason.contains("account"),
+        "{}",
+        r.excluded[0].reason
+    );
+    assert_eq!(
+        f.graph.lookup(&f.id(External, "ACME-1")).await.unwrap(),
+        Some(account.customer_id.clone())
+    );
+    assert_eq!(
+        f.graph.explain(&account.customer_id).await.unwrap().kind,
+        "account"
+    );
+}
