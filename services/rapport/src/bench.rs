@@ -1,6 +1,8 @@
 //! An open-loop load generator for the benchmarks in docs/BENCHMARKS.md: calls are started at a fixed
-//! rate whether or not earlier ones have finished, and each latency is measured from the moment the call
-//! was due, so a slow server cannot hide its queueing (no coordinated omission).
+//! rate whether or not earlier ones have finished, so a slow server cannot slow the arrivals down and hide
+//! its queueing (no coordinated omission). Each latency runs from the moment the call is issued to its
+//! answer; the report also counts calls the generator itself issued late (more than 1 ms after they were
+//! due, from timer granularity or a busy machine), so a run whose arrivals slipped is visible.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +30,8 @@ pub struct LoadReport {
     pub ok: u64,
     pub errors: u64,
     pub dropped: u64,
+    /// Calls issued more than 1 ms after they were due.
+    pub late: u64,
     pub elapsed: Duration,
     /// Latencies in microseconds, sorted.
     pub latencies_us: Vec<u64>,
@@ -48,7 +52,7 @@ impl LoadReport {
     /// One line per figure, as pasted into docs/BENCHMARKS.md.
     pub fn summary(&self, what: &str) -> String {
         format!(
-            "{what}: {} calls in {:.1} s = {:.0}/s achieved; ok {}, errors {}, dropped {}\n\
+            "{what}: {} calls in {:.1} s = {:.0}/s achieved; ok {}, errors {}, dropped {}, issued late {}\n\
              latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
             self.sent,
             self.elapsed.as_secs_f64(),
@@ -56,6 +60,7 @@ impl LoadReport {
             self.ok,
             self.errors,
             self.dropped,
+            self.late,
             self.quantile_ms(0.5),
             self.quantile_ms(0.9),
             self.quantile_ms(0.99),
@@ -80,6 +85,7 @@ where
     let mut i: u64 = 0;
     let mut dropped = 0;
     let mut sent = 0;
+    let mut late = 0;
     loop {
         let due = start + interval.mul_f64(i as f64);
         if due >= end {
@@ -96,12 +102,16 @@ where
         };
         if measured {
             sent += 1;
+            if due.elapsed() > Duration::from_millis(1) {
+                late += 1;
+            }
         }
         let call = call.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
+            let issued = Instant::now();
             let result = call(i).await;
-            let latency = due.elapsed().as_micros() as u64;
+            let latency = issued.elapsed().as_micros() as u64;
             drop(permit);
             if measured {
                 let _ = tx.send((
@@ -121,6 +131,7 @@ where
         ok: 0,
         errors: 0,
         dropped,
+        late,
         elapsed: spec.duration,
         latencies_us: Vec::with_capacity(sent as usize),
         first_error: None,
