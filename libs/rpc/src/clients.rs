@@ -15,12 +15,29 @@ use rapport_proto::{
 use tonic::body::Body;
 use tower::{Service, ServiceBuilder, ServiceExt, util::BoxCloneSyncService};
 
-/// The error type of a [`Transport`].
+/// A boxed error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The error of a [`Transport`]: a named type rather than a bare trait object, so that futures of
+/// generated clients stay `Send` in higher-ranked contexts (boxed closures, spawned tasks).
+#[derive(Debug)]
+pub struct TransportError(pub BoxError);
+
+impl std::fmt::Display for TransportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for TransportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.0.as_ref())
+    }
+}
 
 /// How a client reaches a service: in process or over the network. Generated tonic clients take it as
 /// their channel, so calling code does not know which.
-pub type Transport = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, BoxError>;
+pub type Transport = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, TransportError>;
 
 /// A transport that calls `server` (a generated `...Server<Impl>`) in this process. Requests carry an
 /// internal principal, since they never crossed the network.
@@ -40,7 +57,7 @@ where
                 req.extensions_mut().insert(principal.clone());
                 req
             })
-            .service(server.map_err(|e: Infallible| -> BoxError { match e {} })),
+            .service(server.map_err(|e: Infallible| -> TransportError { match e {} })),
     )
 }
 
@@ -65,7 +82,7 @@ pub fn remote_transport(url: &str, token: &str, timeout: Duration) -> anyhow::Re
                 rapport_telemetry::inject_current_context(req.headers_mut());
                 req
             })
-            .service(channel.map_err(BoxError::from)),
+            .service(channel.map_err(|e| TransportError(Box::new(e)))),
     ))
 }
 

@@ -75,3 +75,129 @@ pub fn to_record(row: OutboxRow) -> OutboxRecord {
         }),
     }
 }
+
+/// Applies the records of another service's feed to this service's database.
+pub trait FeedHandler: Send + Sync + 'static {
+    /// Applies `record` inside `tx`; the consumer's cursor is saved in the same transaction, so a record
+    /// is applied exactly once even across crashes. An error rolls back and the record is retried.
+    fn apply<'a>(
+        &'a self,
+        tx: &'a mut rapport_storage::Tx,
+        record: &'a OutboxRecord,
+    ) -> futures::future::BoxFuture<'a, Result<(), rapport_errors::Error>>;
+
+    /// Called after a record's transaction committed (to invalidate caches, wake waiters).
+    fn committed<'a>(&'a self, _record: &'a OutboxRecord) -> futures::future::BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// Opens a feed: calls the source service's `Subscribe` with the request (through `Clients`, so it works
+/// in process and over the network alike).
+pub type FeedSource = Box<
+    dyn Fn(
+            SubscribeRequest,
+        ) -> futures::future::BoxFuture<'static, Result<RecordStream, tonic::Status>>
+        + Send
+        + Sync,
+>;
+
+/// The source for `Subscribe` of a generated client built by `client` (e.g. `clients.identity()`).
+#[macro_export]
+macro_rules! feed_source {
+    ($clients:expr, $service:ident) => {{
+        let clients = $clients.clone();
+        let source: $crate::feed::FeedSource = Box::new(move |request| {
+            let client = clients.$service();
+            Box::pin(async move {
+                let mut client = client?;
+                let stream = client.subscribe(request).await?.into_inner();
+                Ok(Box::pin(stream) as $crate::feed::RecordStream)
+            })
+        });
+        source
+    }};
+}
+
+/// Runs `handler` over the feed from `source` until `shutdown`: resumes after the cursor stored under
+/// `consumer` in `db`, applies each record in its own transaction together with the cursor, and on any
+/// failure (source unreachable, stream broken, apply failed) waits with backoff and resumes from the last
+/// applied record.
+pub fn consume(
+    consumer: &'static str,
+    db: rapport_storage::Db,
+    source: FeedSource,
+    topics: Vec<String>,
+    handler: std::sync::Arc<dyn FeedHandler>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        let mut failures = 0u32;
+        loop {
+            let outcome = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = run_once(consumer, &db, &source, &topics, handler.as_ref()) => r,
+            };
+            match outcome {
+                Ok(()) => {
+                    backoff = Duration::from_millis(100);
+                    failures = 0;
+                }
+                Err(e) => {
+                    failures += 1;
+                    // The first failures of a starting system are expected (the source may start later).
+                    if failures > 3 {
+                        tracing::warn!(consumer, error = %e, retry_in_ms = backoff.as_millis() as u64, "feed consumer failed; retrying");
+                    } else {
+                        tracing::debug!(consumer, error = %e, "feed consumer failed; retrying");
+                    }
+                    metrics::counter!("rapport_feed_consumer_errors_total", "consumer" => consumer)
+                        .increment(1);
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    })
+}
+
+async fn run_once(
+    consumer: &'static str,
+    db: &rapport_storage::Db,
+    source: &FeedSource,
+    topics: &[String],
+    handler: &dyn FeedHandler,
+) -> Result<(), String> {
+    let after = rapport_storage::Cursors::load(db, consumer)
+        .await
+        .map_err(|e| e.to_string())?;
+    let request = SubscribeRequest {
+        after_sequence: after,
+        topics: topics.to_vec(),
+        max_batch: 0,
+    };
+    let mut stream = source(request)
+        .await
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+    while let Some(item) = stream.next().await {
+        let record = item.map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+        let mut tx = db.begin().await.map_err(|e| e.to_string())?;
+        handler
+            .apply(&mut tx, &record)
+            .await
+            .map_err(|e| e.to_string())?;
+        rapport_storage::Cursors::save(&mut tx, consumer, record.sequence)
+            .await
+            .map_err(|e| e.to_string())?;
+        tx.commit().await.map_err(|e| e.to_string())?;
+        handler.committed(&record).await;
+        metrics::counter!("rapport_feed_records_applied_total", "consumer" => consumer)
+            .increment(1);
+    }
+    // The source ended the stream (it is shutting down): resubscribe after the backoff.
+    Ok(())
+}
