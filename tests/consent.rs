@@ -1,0 +1,1 @@
+//! Consent over gRPC and HTTP (written with the consent service).
