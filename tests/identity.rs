@@ -213,3 +213,81 @@ async fn bad_identifiers_are_named_and_nothing_is_written() {
     );
     suite.stop().await;
 }
+
+#[tokio::test]
+async fn export_and_erase_are_audited_and_erasure_leaves_a_tombstone() {
+    use rapport_proto::common::v1::{
+        CustomerRef, EraseCustomerRequest, ExportCustomerRequest, customer_ref::Ref,
+    };
+    let options = rapport_testkit::SuiteOptions::services(&["identity"]);
+    let suite = TestSuite::start_with(options.clone()).await;
+    let mut client = IdentityServiceClient::new(suite.channel().await);
+    let ann = client
+        .resolve(suite.admin(resolve_request(vec![id(
+            IdentifierType::Email,
+            "ann@example.com",
+        )])))
+        .await
+        .unwrap()
+        .into_inner();
+    let by_email = CustomerRef {
+        r#ref: Some(Ref::Identifier(id(
+            IdentifierType::Email,
+            "ANN@example.com",
+        ))),
+    };
+    let export = client
+        .export_customer(suite.admin(ExportCustomerRequest {
+            customer: Some(by_email.clone()),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(export.customer_id, ann.customer_id);
+    assert!(export.data.unwrap().fields.contains_key("identifiers"));
+
+    let err = client
+        .erase_customer(suite.admin(EraseCustomerRequest {
+            customer: Some(by_email.clone()),
+            reason: " ".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert!(err.message().starts_with("reason"), "{}", err.message());
+    let erased = client
+        .erase_customer(suite.admin(EraseCustomerRequest {
+            customer: Some(by_email),
+            reason: "ticket DSR-1".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(erased.records_erased >= 1);
+    let customer = client
+        .get_customer(suite.admin(pb::GetCustomerRequest {
+            customer_id: ann.customer_id.clone(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(customer.erased && customer.identifiers.is_empty());
+
+    let settings = TestSuite::settings(&suite.storage, &options).unwrap();
+    let db = rapport::services::open_db(&settings, "identity")
+        .await
+        .unwrap();
+    let audit = rapport_storage::Audit::list(&db, &ann.customer_id, 10)
+        .await
+        .unwrap();
+    let actions: Vec<_> = audit
+        .iter()
+        .map(|a| (a.principal.as_str(), a.action.as_str()))
+        .collect();
+    assert_eq!(
+        actions,
+        vec![("admin", "customer.export"), ("admin", "customer.erase")]
+    );
+    db.close().await;
+    suite.stop().await;
+}

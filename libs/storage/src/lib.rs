@@ -6,10 +6,12 @@
 //! which expand the same body once per backend: queries are written once, with `$1`-style placeholders
 //! that SQLite and PostgreSQL both understand.
 
+mod audit;
 mod db;
 mod outbox;
 pub mod testing;
 
+pub use audit::{Audit, AuditEntry};
 pub use db::{Backend, Db, PoolSettings, Tx, connect, migrate};
 pub use outbox::{Cursors, Outbox, OutboxMessage, OutboxRow};
 pub use sqlx;

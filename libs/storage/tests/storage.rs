@@ -173,3 +173,41 @@ async fn concurrent_writers_never_publish_out_of_order() {
         assert_eq!(mine, (0..10).collect::<Vec<_>>());
     }
 }
+
+#[tokio::test]
+async fn the_audit_log_is_append_only() {
+    let storage = rapport_storage::testing::TestDatabase::new().await;
+    let db = storage.connect("audited").await;
+    static NONE: rapport_storage::sqlx::migrate::Migrator =
+        rapport_storage::sqlx::migrate::Migrator::DEFAULT;
+    rapport_storage::migrate(&db, "audited", &NONE, &NONE)
+        .await
+        .unwrap();
+    rapport_storage::Audit::record(&db, "store-till", "profile.read", "cus_1", "fields=traits")
+        .await
+        .unwrap();
+    rapport_storage::Audit::record(&db, "admin", "customer.export", "cus_1", "")
+        .await
+        .unwrap();
+    let entries = rapport_storage::Audit::list(&db, "cus_1", 10)
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(
+        (entries[0].principal.as_str(), entries[0].action.as_str()),
+        ("store-till", "profile.read")
+    );
+    // Not even the service itself can change or remove an entry.
+    let update = rapport_storage::on_db!(&db, p => rapport_storage::sqlx::query("UPDATE audit_log SET principal = 'x'").execute(p).await.map(|_| ()));
+    assert!(update.unwrap_err().to_string().contains("append-only"));
+    let delete = rapport_storage::on_db!(&db, p => rapport_storage::sqlx::query("DELETE FROM audit_log").execute(p).await.map(|_| ()));
+    assert!(delete.unwrap_err().to_string().contains("append-only"));
+    assert_eq!(
+        rapport_storage::Audit::list(&db, "cus_1", 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    db.close().await;
+}

@@ -177,6 +177,13 @@ fn customer_to_wire(e: &graph::Explained) -> pb::Customer {
     }
 }
 
+/// The name of the authenticated caller, for the audit log.
+fn caller<T>(request: &Request<T>) -> String {
+    rapport_auth::Principal::of(request)
+        .map(|p| p.name.clone())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 fn required_id<'a>(field: &str, id: &'a str) -> Result<&'a str, Error> {
     let id = id.trim();
     if id.is_empty() {
@@ -376,11 +383,20 @@ impl IdentityService for Identity {
         &self,
         request: Request<common::ExportCustomerRequest>,
     ) -> Result<Response<common::ExportCustomerResponse>, Status> {
+        let caller = caller(&request);
         let request = request.into_inner();
         let id = self
             .customer_of("customer", request.customer.as_ref())
             .await?;
         let explained = self.graph.explain(&id).await?;
+        rapport_storage::Audit::record(
+            self.graph.db(),
+            &caller,
+            "customer.export",
+            &id,
+            "identity graph",
+        )
+        .await?;
         let json = serde_json::json!({
             "customer_id": explained.customer_id,
             "kind": explained.kind,
@@ -410,6 +426,7 @@ impl IdentityService for Identity {
         &self,
         request: Request<common::EraseCustomerRequest>,
     ) -> Result<Response<common::EraseCustomerResponse>, Status> {
+        let caller = caller(&request);
         let request = request.into_inner();
         if request.reason.trim().is_empty() {
             return Err(Error::invalid("reason", "is required for the audit log").into());
@@ -418,6 +435,9 @@ impl IdentityService for Identity {
             .customer_of("customer", request.customer.as_ref())
             .await?;
         let (_, erased) = self.graph.erase(&id).await?;
+        let detail = format!("{erased} rows; reason: {}", request.reason.trim());
+        rapport_storage::Audit::record(self.graph.db(), &caller, "customer.erase", &id, &detail)
+            .await?;
         tracing::info!(customer_id = %id, rows = erased, "customer erased from the identity graph");
         Ok(Response::new(common::EraseCustomerResponse {
             records_erased: erased as i64,
