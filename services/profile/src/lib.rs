@@ -6,6 +6,8 @@ use rapport_rpc::{Mounted, ServiceContext, feed::RecordStream};
 use rapport_storage::{Db, Outbox, sqlx::migrate::Migrator};
 use tonic::{Request, Response, Status};
 
+pub mod computed;
+
 /// The service's short name: its config section, database and schema.
 pub const NAME: &str = "profile";
 
