@@ -7,6 +7,7 @@ use rapport_storage::{Db, Outbox, sqlx::migrate::Migrator};
 use tonic::{Request, Response, Status};
 
 pub mod computed;
+pub mod follow;
 pub mod store;
 
 /// The service's short name: its config section, database and schema.

@@ -478,17 +478,30 @@ impl Store {
     pub async fn erase(&self, customer_id: &str) -> Result<u64, Error> {
         let id = self.canonical(customer_id).await?;
         let mut tx = self.db.begin().await?;
-        let t = &mut tx;
-        let aliases: Vec<String> = on_tx!(t, c => sqlx::query_scalar("SELECT customer_id FROM profile_aliases WHERE survivor = $1")
-            .bind(&id).fetch_all(&mut **c).await?);
-        let mut n = 0;
-        let mut everyone = aliases;
-        everyone.push(id.clone());
-        for who in &everyone {
-            n += on_tx!(t, c => sqlx::query("DELETE FROM events WHERE customer_id = $1").bind(who).execute(&mut **c).await?.rows_affected());
-            n += on_tx!(t, c => sqlx::query("DELETE FROM profiles WHERE customer_id = $1").bind(who).execute(&mut **c).await?.rows_affected());
-        }
+        let n = self.erase_in(&mut tx, &id, &[]).await?;
         tx.commit().await?;
+        Ok(n)
+    }
+
+    /// Removes `customer_id`, the given `aliases` and every alias stored for it, inside `tx`.
+    pub async fn erase_in(
+        &self,
+        tx: &mut Tx,
+        customer_id: &str,
+        aliases: &[String],
+    ) -> Result<u64, Error> {
+        let mut everyone: Vec<String> = on_tx!(tx, c => sqlx::query_scalar("SELECT customer_id FROM profile_aliases WHERE survivor = $1")
+            .bind(customer_id).fetch_all(&mut **c).await?);
+        everyone.extend(aliases.iter().cloned());
+        everyone.push(customer_id.to_string());
+        everyone.sort();
+        everyone.dedup();
+        let mut n = 0;
+        for who in &everyone {
+            n += on_tx!(tx, c => sqlx::query("DELETE FROM events WHERE customer_id = $1").bind(who).execute(&mut **c).await?.rows_affected());
+            n += on_tx!(tx, c => sqlx::query("DELETE FROM profiles WHERE customer_id = $1").bind(who).execute(&mut **c).await?.rows_affected());
+            n += on_tx!(tx, c => sqlx::query("DELETE FROM profile_aliases WHERE customer_id = $1 OR survivor = $1").bind(who).execute(&mut **c).await?.rows_affected());
+        }
         Ok(n)
     }
 }
