@@ -8,6 +8,7 @@
 //! - [`ServiceContext`] and [`Mounted`]: what a service is given at start-up and what it hands back.
 
 mod clients;
+pub mod convert;
 pub mod feed;
 pub mod layers;
 mod mount;

@@ -8,6 +8,7 @@ use rapport_errors::Error;
 use rapport_proto::common::v1 as common;
 use rapport_proto::identity::v1 as pb;
 use rapport_proto::identity::v1::identity_service_server::IdentityService;
+use rapport_rpc::convert::timestamp;
 use rapport_rpc::feed::RecordStream;
 use rapport_storage::{Outbox, OutboxMessage};
 use tonic::{Request, Response, Status};
@@ -102,13 +103,6 @@ fn origin_of(p: Option<&common::Provenance>) -> Origin {
         event_id: p.source_record_id.clone(),
     })
     .unwrap_or_default()
-}
-
-fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
 }
 
 fn change_to_wire(c: &GraphChange) -> pb::GraphChange {
@@ -445,34 +439,7 @@ impl IdentityService for Identity {
     }
 }
 
-/// A JSON value as a protobuf Struct (objects only; anything else is wrapped as `{"value": ...}`).
-pub fn json_to_struct(v: serde_json::Value) -> prost_types::Struct {
-    match json_to_value(v).kind {
-        Some(prost_types::value::Kind::StructValue(s)) => s,
-        other => prost_types::Struct {
-            fields: [("value".to_string(), prost_types::Value { kind: other })]
-                .into_iter()
-                .collect(),
-        },
-    }
-}
-
-fn json_to_value(v: serde_json::Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    let kind = match v {
-        serde_json::Value::Null => Kind::NullValue(0),
-        serde_json::Value::Bool(b) => Kind::BoolValue(b),
-        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
-        serde_json::Value::String(s) => Kind::StringValue(s),
-        serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
-            values: a.into_iter().map(json_to_value).collect(),
-        }),
-        serde_json::Value::Object(o) => Kind::StructValue(prost_types::Struct {
-            fields: o.into_iter().map(|(k, v)| (k, json_to_value(v))).collect(),
-        }),
-    };
-    prost_types::Value { kind: Some(kind) }
-}
+pub use rapport_rpc::convert::json_to_struct;
 
 fn provenance(o: &Origin) -> common::Provenance {
     common::Provenance {
