@@ -38,8 +38,7 @@ impl FeedHandler for Recorder {
     }
 }
 
-static NO_MIGRATIONS: rapport_storage::sqlx::migrate::Migrator =
-    rapport_storage::sqlx::migrate::Migrator::DEFAULT;
+static NO_MIGRATIONS: rapport_storage::sqlx::migrate::Migrator = rapport_storage::sqlx::migrate::Migrator::DEFAULT;
 
 async fn resolve(suite: &TestSuite, email: &str) {
     let mut client = IdentityServiceClient::new(suite.channel().await);
@@ -71,17 +70,12 @@ async fn a_consumer_applies_each_record_once_across_failures_and_restarts() {
     let clients = suite.clients().unwrap();
     let consumer_storage = rapport_storage::testing::TestDatabase::new().await;
     let db = consumer_storage.connect("consumer").await;
-    rapport_storage::migrate(&db, "consumer", &NO_MIGRATIONS, &NO_MIGRATIONS)
-        .await
-        .unwrap();
+    rapport_storage::migrate(&db, "consumer", &NO_MIGRATIONS, &NO_MIGRATIONS).await.unwrap();
 
     for i in 0..3 {
         resolve(&suite, &format!("p{i}@example.com")).await;
     }
-    let recorder = Arc::new(Recorder {
-        applied: Mutex::new(vec![]),
-        failed_once: Mutex::new(false),
-    });
+    let recorder = Arc::new(Recorder { applied: Mutex::new(vec![]), failed_once: Mutex::new(false) });
     let shutdown = tokio_util::sync::CancellationToken::new();
     let task = consume(
         "test<-identity",
@@ -92,24 +86,15 @@ async fn a_consumer_applies_each_record_once_across_failures_and_restarts() {
         shutdown.clone(),
     );
     let applied = wait_for(&recorder, 3).await;
-    assert!(
-        *recorder.failed_once.lock().unwrap(),
-        "the simulated failure happened"
-    );
+    assert!(*recorder.failed_once.lock().unwrap(), "the simulated failure happened");
     assert_eq!(applied.len(), 3, "{applied:?}");
-    assert!(
-        applied.windows(2).all(|w| w[0] < w[1]),
-        "in order, no duplicates: {applied:?}"
-    );
+    assert!(applied.windows(2).all(|w| w[0] < w[1]), "in order, no duplicates: {applied:?}");
 
     // Stop the consumer, write more, start a new one: it resumes after its cursor.
     shutdown.cancel();
     task.await.unwrap();
     resolve(&suite, "p3@example.com").await;
-    let again = Arc::new(Recorder {
-        applied: Mutex::new(vec![]),
-        failed_once: Mutex::new(true),
-    });
+    let again = Arc::new(Recorder { applied: Mutex::new(vec![]), failed_once: Mutex::new(true) });
     let shutdown = tokio_util::sync::CancellationToken::new();
     let task = consume(
         "test<-identity",

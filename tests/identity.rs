@@ -8,11 +8,7 @@ use rapport_testkit::TestSuite;
 use tonic::Code;
 
 fn id(t: IdentifierType, value: &str) -> Identifier {
-    Identifier {
-        r#type: t as i32,
-        value: value.into(),
-        namespace: String::new(),
-    }
+    Identifier { r#type: t as i32, value: value.into(), namespace: String::new() }
 }
 
 fn resolve_request(ids: Vec<Identifier>) -> pb::ResolveRequest {
@@ -41,10 +37,10 @@ async fn resolve_merge_explain_and_split_over_grpc() {
         .into_inner();
     assert!(web.created);
     let store = client
-        .resolve(suite.admin(resolve_request(vec![
-            id(IdentifierType::LoyaltyId, "L-9"),
-            id(IdentifierType::UserId, "null"),
-        ])))
+        .resolve(
+            suite
+                .admin(resolve_request(vec![id(IdentifierType::LoyaltyId, "L-9"), id(IdentifierType::UserId, "null")])),
+        )
         .await
         .unwrap()
         .into_inner();
@@ -62,44 +58,29 @@ async fn resolve_merge_explain_and_split_over_grpc() {
 
     // The alias still finds the survivor, and Explain shows the evidence.
     let explained = client
-        .explain(suite.admin(pb::ExplainRequest {
-            customer_id: store.customer_id.clone(),
-        }))
+        .explain(suite.admin(pb::ExplainRequest { customer_id: store.customer_id.clone() }))
         .await
         .unwrap()
         .into_inner();
     let customer = explained.customer.unwrap();
     assert_eq!(customer.customer_id, web.customer_id);
     assert_eq!(customer.aliases, vec![store.customer_id.clone()]);
-    let merge = explained
-        .changes
-        .iter()
-        .find(|c| c.kind == pb::ChangeKind::Merge as i32)
-        .unwrap();
+    let merge = explained.changes.iter().find(|c| c.kind == pb::ChangeKind::Merge as i32).unwrap();
     assert_eq!(merge.provenance.as_ref().unwrap().source, "webshop");
     assert_eq!(merge.evidence.len(), 2);
 
     // The merge reaches the feed as a typed event.
     let mut feed = client
-        .subscribe(suite.admin(SubscribeRequest {
-            topics: vec!["identity.merged".into()],
-            ..Default::default()
-        }))
+        .subscribe(suite.admin(SubscribeRequest { topics: vec!["identity.merged".into()], ..Default::default() }))
         .await
         .unwrap()
         .into_inner();
     let record = feed.next().await.unwrap().unwrap();
     let any = record.payload.unwrap();
-    assert_eq!(
-        any.type_url,
-        "type.googleapis.com/rapport.identity.v1.CustomersMerged"
-    );
+    assert_eq!(any.type_url, "type.googleapis.com/rapport.identity.v1.CustomersMerged");
     let event = pb::CustomersMerged::decode(any.value.as_slice()).unwrap();
     assert_eq!(
-        (
-            event.survivor_customer_id.as_str(),
-            event.merged_customer_id.as_str()
-        ),
+        (event.survivor_customer_id.as_str(), event.merged_customer_id.as_str()),
         (web.customer_id.as_str(), store.customer_id.as_str())
     );
 
@@ -120,9 +101,7 @@ async fn resolve_merge_explain_and_split_over_grpc() {
         .into_inner();
     assert_eq!(split.split_customer_id, store.customer_id);
     let found = client
-        .lookup(suite.admin(pb::LookupRequest {
-            identifier: Some(id(IdentifierType::LoyaltyId, "L-9")),
-        }))
+        .lookup(suite.admin(pb::LookupRequest { identifier: Some(id(IdentifierType::LoyaltyId, "L-9")) }))
         .await
         .unwrap()
         .into_inner();
@@ -142,16 +121,10 @@ async fn bad_identifiers_are_named_and_nothing_is_written() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(
-        err.message().starts_with("identifiers[1].value"),
-        "{}",
-        err.message()
-    );
+    assert!(err.message().starts_with("identifiers[1].value"), "{}", err.message());
     // The valid identifier of the refused call was not stored.
     let err = client
-        .lookup(suite.admin(pb::LookupRequest {
-            identifier: Some(id(IdentifierType::Email, "ok@example.com")),
-        }))
+        .lookup(suite.admin(pb::LookupRequest { identifier: Some(id(IdentifierType::Email, "ok@example.com")) }))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
@@ -164,11 +137,7 @@ async fn bad_identifiers_are_named_and_nothing_is_written() {
         }])))
         .await
         .unwrap_err();
-    assert!(
-        err.message().starts_with("identifiers[0].type"),
-        "{}",
-        err.message()
-    );
+    assert!(err.message().starts_with("identifiers[0].type"), "{}", err.message());
     let err = client
         .resolve(suite.admin(resolve_request(vec![Identifier {
             r#type: IdentifierType::External as i32,
@@ -177,69 +146,33 @@ async fn bad_identifiers_are_named_and_nothing_is_written() {
         }])))
         .await
         .unwrap_err();
-    assert!(
-        err.message().starts_with("identifiers[0].value"),
-        "{}",
-        err.message()
-    );
-    let err = client
-        .resolve(suite.admin(resolve_request(vec![])))
-        .await
-        .unwrap_err();
-    assert!(
-        err.message().starts_with("identifiers:"),
-        "{}",
-        err.message()
-    );
-    let err = client
-        .explain(suite.admin(pb::ExplainRequest {
-            customer_id: "cus_nope".into(),
-        }))
-        .await
-        .unwrap_err();
+    assert!(err.message().starts_with("identifiers[0].value"), "{}", err.message());
+    let err = client.resolve(suite.admin(resolve_request(vec![]))).await.unwrap_err();
+    assert!(err.message().starts_with("identifiers:"), "{}", err.message());
+    let err = client.explain(suite.admin(pb::ExplainRequest { customer_id: "cus_nope".into() })).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     let err = client
-        .split(suite.admin(pb::SplitRequest {
-            customer_id: "cus_x".into(),
-            provenance: None,
-            ..Default::default()
-        }))
+        .split(suite.admin(pb::SplitRequest { customer_id: "cus_x".into(), provenance: None, ..Default::default() }))
         .await
         .unwrap_err();
-    assert!(
-        err.message().starts_with("provenance.source"),
-        "{}",
-        err.message()
-    );
+    assert!(err.message().starts_with("provenance.source"), "{}", err.message());
     suite.stop().await;
 }
 
 #[tokio::test]
 async fn export_and_erase_are_audited_and_erasure_leaves_a_tombstone() {
-    use rapport_proto::common::v1::{
-        CustomerRef, EraseCustomerRequest, ExportCustomerRequest, customer_ref::Ref,
-    };
+    use rapport_proto::common::v1::{CustomerRef, EraseCustomerRequest, ExportCustomerRequest, customer_ref::Ref};
     let options = rapport_testkit::SuiteOptions::services(&["identity"]);
     let suite = TestSuite::start_with(options.clone()).await;
     let mut client = IdentityServiceClient::new(suite.channel().await);
     let ann = client
-        .resolve(suite.admin(resolve_request(vec![id(
-            IdentifierType::Email,
-            "ann@example.com",
-        )])))
+        .resolve(suite.admin(resolve_request(vec![id(IdentifierType::Email, "ann@example.com")])))
         .await
         .unwrap()
         .into_inner();
-    let by_email = CustomerRef {
-        r#ref: Some(Ref::Identifier(id(
-            IdentifierType::Email,
-            "ANN@example.com",
-        ))),
-    };
+    let by_email = CustomerRef { r#ref: Some(Ref::Identifier(id(IdentifierType::Email, "ANN@example.com"))) };
     let export = client
-        .export_customer(suite.admin(ExportCustomerRequest {
-            customer: Some(by_email.clone()),
-        }))
+        .export_customer(suite.admin(ExportCustomerRequest { customer: Some(by_email.clone()) }))
         .await
         .unwrap()
         .into_inner();
@@ -247,47 +180,30 @@ async fn export_and_erase_are_audited_and_erasure_leaves_a_tombstone() {
     assert!(export.data.unwrap().fields.contains_key("identifiers"));
 
     let err = client
-        .erase_customer(suite.admin(EraseCustomerRequest {
-            customer: Some(by_email.clone()),
-            reason: " ".into(),
-        }))
+        .erase_customer(suite.admin(EraseCustomerRequest { customer: Some(by_email.clone()), reason: " ".into() }))
         .await
         .unwrap_err();
     assert!(err.message().starts_with("reason"), "{}", err.message());
     let erased = client
-        .erase_customer(suite.admin(EraseCustomerRequest {
-            customer: Some(by_email),
-            reason: "ticket DSR-1".into(),
-        }))
+        .erase_customer(suite.admin(EraseCustomerRequest { customer: Some(by_email), reason: "ticket DSR-1".into() }))
         .await
         .unwrap()
         .into_inner();
     assert!(erased.records_erased >= 1);
     let customer = client
-        .get_customer(suite.admin(pb::GetCustomerRequest {
-            customer_id: ann.customer_id.clone(),
-            ..Default::default()
-        }))
+        .get_customer(
+            suite.admin(pb::GetCustomerRequest { customer_id: ann.customer_id.clone(), ..Default::default() }),
+        )
         .await
         .unwrap()
         .into_inner();
     assert!(customer.erased && customer.identifiers.is_empty());
 
     let settings = TestSuite::settings(&suite.storage, &options).unwrap();
-    let db = rapport::services::open_db(&settings, "identity")
-        .await
-        .unwrap();
-    let audit = rapport_storage::Audit::list(&db, &ann.customer_id, 10)
-        .await
-        .unwrap();
-    let actions: Vec<_> = audit
-        .iter()
-        .map(|a| (a.principal.as_str(), a.action.as_str()))
-        .collect();
-    assert_eq!(
-        actions,
-        vec![("admin", "customer.export"), ("admin", "customer.erase")]
-    );
+    let db = rapport::services::open_db(&settings, "identity").await.unwrap();
+    let audit = rapport_storage::Audit::list(&db, &ann.customer_id, 10).await.unwrap();
+    let actions: Vec<_> = audit.iter().map(|a| (a.principal.as_str(), a.action.as_str())).collect();
+    assert_eq!(actions, vec![("admin", "customer.export"), ("admin", "customer.erase")]);
     db.close().await;
     suite.stop().await;
 }

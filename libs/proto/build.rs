@@ -40,10 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pool: DescriptorPool = compiler.descriptor_pool();
     let fds = compiler.file_descriptor_set();
     let out = PathBuf::from(env::var("OUT_DIR")?);
-    fs::write(
-        out.join("rapport_descriptor.bin"),
-        compiler.encode_file_descriptor_set(),
-    )?;
+    fs::write(out.join("rapport_descriptor.bin"), compiler.encode_file_descriptor_set())?;
 
     let scope_ext = pool
         .get_extension_by_name("rapport.common.v1.required_scope")
@@ -67,20 +64,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     continue;
                 }
             };
-            table.push_str(&format!(
-                "    (\"/{}/{}\", \"{}\"),\n",
-                service.full_name(),
-                method.name(),
-                scope
-            ));
+            table.push_str(&format!("    (\"/{}/{}\", \"{}\"),\n", service.full_name(), method.name(), scope));
         }
     }
     if !missing.is_empty() {
-        return Err(format!(
-            "these rpcs declare no (rapport.common.v1.required_scope): {}",
-            missing.join(", ")
-        )
-        .into());
+        return Err(format!("these rpcs declare no (rapport.common.v1.required_scope): {}", missing.join(", ")).into());
     }
     table.push_str("];\n");
     fs::write(out.join("method_scopes.rs"), table)?;

@@ -29,10 +29,7 @@ impl AuthLayer {
 impl<S> Layer<S> for AuthLayer {
     type Service = AuthService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        AuthService {
-            inner,
-            auth: self.auth.clone(),
-        }
+        AuthService { inner, auth: self.auth.clone() }
     }
 }
 
@@ -47,20 +44,14 @@ fn bearer(headers: &http::HeaderMap) -> &str {
     headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
         .unwrap_or("")
 }
 
 impl<S, B> Service<http::Request<B>> for AuthService<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     B: Send + 'static,
@@ -82,9 +73,7 @@ where
             Ok(p) => p,
             Err(e) => {
                 let message = match e {
-                    AuthError::Missing => {
-                        "missing bearer token: send `authorization: Bearer <token>`"
-                    }
+                    AuthError::Missing => "missing bearer token: send `authorization: Bearer <token>`",
                     AuthError::Invalid => "invalid bearer token",
                     AuthError::Expired => "bearer token expired",
                 };
@@ -97,8 +86,7 @@ where
             && !principal.allows(scope)
         {
             tracing::info!(caller = %principal.name, method = %path, scope, "permission denied");
-            let status =
-                tonic::Status::permission_denied(format!("{path} requires the scope `{scope}`"));
+            let status = tonic::Status::permission_denied(format!("{path} requires the scope `{scope}`"));
             return futures::future::ready(Ok(status.into_http())).boxed();
         }
         req.extensions_mut().insert(principal);

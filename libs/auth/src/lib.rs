@@ -32,14 +32,8 @@ pub struct Principal {
 
 impl Principal {
     /// A caller holding `scopes`.
-    pub fn new(
-        name: impl Into<String>,
-        scopes: impl IntoIterator<Item = impl Into<String>>,
-    ) -> Self {
-        Self {
-            name: name.into(),
-            scopes: scopes.into_iter().map(Into::into).collect(),
-        }
+    pub fn new(name: impl Into<String>, scopes: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self { name: name.into(), scopes: scopes.into_iter().map(Into::into).collect() }
     }
 
     /// The identity of a service calling another inside the same process.
@@ -49,9 +43,7 @@ impl Principal {
 
     /// Whether the caller may use an rpc that requires `scope`.
     pub fn allows(&self, scope: &str) -> bool {
-        scope == AUTHENTICATED_SCOPE
-            || self.scopes.contains(ADMIN_SCOPE)
-            || self.scopes.contains(scope)
+        scope == AUTHENTICATED_SCOPE || self.scopes.contains(ADMIN_SCOPE) || self.scopes.contains(scope)
     }
 
     /// The caller of a request, if it went through [`AuthLayer`] or an in-process transport.
@@ -98,30 +90,18 @@ impl std::fmt::Debug for Authenticator {
 impl Authenticator {
     /// Accepts `admin_token` with every scope, the configured API keys and, when a secret is given,
     /// HS256 JWTs.
-    pub fn new(
-        admin_token: &str,
-        settings: &AuthSettings,
-        jwt_secret: Option<&[u8]>,
-    ) -> anyhow::Result<Self> {
+    pub fn new(admin_token: &str, settings: &AuthSettings, jwt_secret: Option<&[u8]>) -> anyhow::Result<Self> {
         let mut by_hash = HashMap::new();
-        by_hash.insert(
-            hash_token(admin_token),
-            Principal::new("admin", [ADMIN_SCOPE]),
-        );
+        by_hash.insert(hash_token(admin_token), Principal::new("admin", [ADMIN_SCOPE]));
         for (i, key) in settings.api_keys.iter().enumerate() {
             let hash = key.sha256.trim().to_ascii_lowercase();
             if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-                anyhow::bail!(
-                    "auth.api_keys[{i}].sha256: expected 64 hex digits (sha256 of the token)"
-                );
+                anyhow::bail!("auth.api_keys[{i}].sha256: expected 64 hex digits (sha256 of the token)");
             }
             if key.name.is_empty() {
                 anyhow::bail!("auth.api_keys[{i}].name: must not be empty");
             }
-            by_hash.insert(
-                hash,
-                Principal::new(key.name.clone(), key.scopes.iter().cloned()),
-            );
+            by_hash.insert(hash, Principal::new(key.name.clone(), key.scopes.iter().cloned()));
         }
         let jwt = jwt_secret.map(|secret| {
             let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
@@ -147,11 +127,7 @@ impl Authenticator {
             return match jsonwebtoken::decode::<Claims>(token, key, validation) {
                 Ok(data) => {
                     let c = data.claims;
-                    let scopes = c
-                        .scope
-                        .split_whitespace()
-                        .map(str::to_string)
-                        .chain(c.scopes);
+                    let scopes = c.scope.split_whitespace().map(str::to_string).chain(c.scopes);
                     Ok(Principal::new(format!("jwt:{}", c.sub), scopes))
                 }
                 Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => {
@@ -208,18 +184,10 @@ mod tests {
     fn jwt_hs256() {
         let secret = b"0123456789abcdef0123456789abcdef";
         let auth = Authenticator::new("adm", &settings(), Some(secret)).unwrap();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
         let claims = |exp: u64, aud: &str| {
             serde_json_like(
-                &[
-                    ("sub", "store-42"),
-                    ("iss", "rapport"),
-                    ("aud", aud),
-                    ("scope", "profile:read decision:decide"),
-                ],
+                &[("sub", "store-42"), ("iss", "rapport"), ("aud", aud), ("scope", "profile:read decision:decide")],
                 exp,
             )
         };
@@ -243,14 +211,9 @@ mod tests {
         assert_eq!(auth.authenticate(&forged), Err(AuthError::Invalid));
     }
 
-    fn serde_json_like(
-        fields: &[(&str, &str)],
-        exp: u64,
-    ) -> std::collections::BTreeMap<String, serde_value::Value> {
-        let mut m: std::collections::BTreeMap<String, serde_value::Value> = fields
-            .iter()
-            .map(|(k, v)| (k.to_string(), serde_value::Value::String(v.to_string())))
-            .collect();
+    fn serde_json_like(fields: &[(&str, &str)], exp: u64) -> std::collections::BTreeMap<String, serde_value::Value> {
+        let mut m: std::collections::BTreeMap<String, serde_value::Value> =
+            fields.iter().map(|(k, v)| (k.to_string(), serde_value::Value::String(v.to_string()))).collect();
         m.insert("exp".into(), serde_value::Value::U64(exp));
         m
     }

@@ -11,10 +11,7 @@ pub fn hash_token(token: &str) -> String {
 /// A new random bearer token (256 bits, URL-safe).
 pub fn generate_token() -> String {
     let bytes: [u8; 32] = rand::random();
-    format!(
-        "rpt_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
+    format!("rpt_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// Reads the admin token from `path`, creating the file (mode 0600) with a new token when it does not
@@ -30,8 +27,7 @@ pub fn ensure_admin_token(path: &Path) -> anyhow::Result<(String, bool)> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+                std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
             }
             let token = generate_token();
             let mut options = std::fs::OpenOptions::new();
@@ -41,16 +37,13 @@ pub fn ensure_admin_token(path: &Path) -> anyhow::Result<(String, bool)> {
                 use std::os::unix::fs::OpenOptionsExt;
                 options.mode(0o600);
             }
-            let mut file = options.open(path).map_err(|e| {
-                anyhow::anyhow!("cannot create admin token file {}: {e}", path.display())
-            })?;
+            let mut file = options
+                .open(path)
+                .map_err(|e| anyhow::anyhow!("cannot create admin token file {}: {e}", path.display()))?;
             writeln!(file, "{token}")?;
             Ok((token, true))
         }
-        Err(e) => Err(anyhow::anyhow!(
-            "cannot read admin token file {}: {e}",
-            path.display()
-        )),
+        Err(e) => Err(anyhow::anyhow!("cannot read admin token file {}: {e}", path.display())),
     }
 }
 
@@ -71,18 +64,12 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(
-                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-                0o600
-            );
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         }
     }
 
     #[test]
     fn hashes_are_hex_sha256() {
-        assert_eq!(
-            hash_token("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(hash_token("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 }

@@ -82,15 +82,9 @@ pub struct Cache(Store);
 #[derive(Clone)]
 enum Store {
     /// In this process only: right for one process (all-in-one, tests).
-    Local {
-        entries: moka::future::Cache<String, Entry>,
-        counters: LocalCounters,
-    },
+    Local { entries: moka::future::Cache<String, Entry>, counters: LocalCounters },
     /// Shared by every replica.
-    Redis {
-        conn: ConnectionManager,
-        timeout: Duration,
-    },
+    Redis { conn: ConnectionManager, timeout: Duration },
 }
 
 impl std::fmt::Debug for Cache {
@@ -105,14 +99,8 @@ impl std::fmt::Debug for Cache {
 impl Cache {
     /// An in-process cache of `capacity` entries.
     pub fn local(capacity: u64) -> Self {
-        let entries = moka::future::Cache::builder()
-            .max_capacity(capacity)
-            .expire_after(PerEntryTtl)
-            .build();
-        Cache(Store::Local {
-            entries,
-            counters: LocalCounters::default(),
-        })
+        let entries = moka::future::Cache::builder().max_capacity(capacity).expire_after(PerEntryTtl).build();
+        Cache(Store::Local { entries, counters: LocalCounters::default() })
     }
 
     /// The configured backend; a Redis URL must answer at start-up.
@@ -121,12 +109,9 @@ impl Cache {
             return Ok(Self::local(settings.capacity));
         }
         if !(settings.url.starts_with("redis://") || settings.url.starts_with("rediss://")) {
-            return Err(CacheError::BadUrl(
-                "expected empty (in-process) or redis://host:port".into(),
-            ));
+            return Err(CacheError::BadUrl("expected empty (in-process) or redis://host:port".into()));
         }
-        let client = redis::Client::open(settings.url.as_str())
-            .map_err(|e| CacheError::BadUrl(e.to_string()))?;
+        let client = redis::Client::open(settings.url.as_str()).map_err(|e| CacheError::BadUrl(e.to_string()))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.timeout.max(Duration::from_millis(500))))
             .set_response_timeout(Some(settings.timeout))
@@ -138,10 +123,7 @@ impl Cache {
         )
         .await
         .map_err(|_| CacheError::Unavailable("timed out connecting to redis".into()))??;
-        Ok(Cache(Store::Redis {
-            conn,
-            timeout: settings.timeout,
-        }))
+        Ok(Cache(Store::Redis { conn, timeout: settings.timeout }))
     }
 
     /// Whether the store is shared between processes.
@@ -173,9 +155,7 @@ impl Cache {
     /// Stores a value for `ttl`; a Redis failure is logged and ignored.
     pub async fn set(&self, key: &str, value: Bytes, ttl: Duration) {
         match &self.0 {
-            Store::Local { entries, .. } => {
-                entries.insert(key.to_string(), Entry { value, ttl }).await
-            }
+            Store::Local { entries, .. } => entries.insert(key.to_string(), Entry { value, ttl }).await,
             Store::Redis { conn, timeout } => {
                 let mut conn = conn.clone();
                 let ms = ttl.as_millis().max(1) as u64;
@@ -208,12 +188,7 @@ impl Cache {
 
     /// Adds `by` to the counter `key` in the fixed window that started when the key was first counted,
     /// and returns the new total. Atomic across every process sharing the store.
-    pub async fn incr_window(
-        &self,
-        key: &str,
-        by: i64,
-        window: Duration,
-    ) -> Result<i64, CacheError> {
+    pub async fn incr_window(&self, key: &str, by: i64, window: Duration) -> Result<i64, CacheError> {
         match &self.0 {
             Store::Local { counters, .. } => Ok(counters.incr(key, by, window)),
             Store::Redis { conn, timeout } => {
@@ -221,13 +196,7 @@ impl Cache {
                 // INCRBY and PEXPIRE NX in one transaction: the window starts at the first increment.
                 let ms = window.as_millis().max(1) as u64;
                 let mut pipe = redis::pipe();
-                pipe.atomic()
-                    .incr(key, by)
-                    .cmd("PEXPIRE")
-                    .arg(key)
-                    .arg(ms)
-                    .arg("NX")
-                    .ignore();
+                pipe.atomic().incr(key, by).cmd("PEXPIRE").arg(key).arg(ms).arg("NX").ignore();
                 let (total,): (i64,) = tokio::time::timeout(*timeout, pipe.query_async(&mut conn))
                     .await
                     .map_err(|_| CacheError::Unavailable("timed out".into()))??;
@@ -259,10 +228,9 @@ impl Cache {
                 let ms = ttl.as_millis().max(1) as u64;
                 let mut cmd = redis::cmd("SET");
                 cmd.arg(key).arg(1).arg("NX").arg("PX").arg(ms);
-                let set: Option<String> =
-                    tokio::time::timeout(*timeout, cmd.query_async(&mut conn))
-                        .await
-                        .map_err(|_| CacheError::Unavailable("timed out".into()))??;
+                let set: Option<String> = tokio::time::timeout(*timeout, cmd.query_async(&mut conn))
+                    .await
+                    .map_err(|_| CacheError::Unavailable("timed out".into()))??;
                 Ok(set.is_some())
             }
         }
@@ -280,9 +248,7 @@ struct LocalCounters {
 
 impl LocalCounters {
     fn shard(&self, key: &str) -> &CounterShard {
-        let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-        });
+        let h = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
         &self.shards[(h % 16) as usize]
     }
 
@@ -303,9 +269,6 @@ impl LocalCounters {
     fn get(&self, key: &str) -> i64 {
         let now = Instant::now();
         let map = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
-        map.get(key)
-            .filter(|(_, e)| *e > now)
-            .map(|(v, _)| *v)
-            .unwrap_or(0)
+        map.get(key).filter(|(_, e)| *e > now).map(|(v, _)| *v).unwrap_or(0)
     }
 }

@@ -7,13 +7,7 @@ use rapport_cache::{Cache, CacheSettings};
 
 async fn cache() -> Cache {
     let url = std::env::var("RAPPORT_TEST_REDIS_URL").unwrap_or_default();
-    Cache::connect(&CacheSettings {
-        url,
-        capacity: 1000,
-        timeout: Duration::from_secs(1),
-    })
-    .await
-    .unwrap()
+    Cache::connect(&CacheSettings { url, capacity: 1000, timeout: Duration::from_secs(1) }).await.unwrap()
 }
 
 fn key(name: &str) -> String {
@@ -25,8 +19,7 @@ async fn set_get_invalidate() {
     let c = cache().await;
     let k = key("profile");
     assert_eq!(c.get(&k).await, None);
-    c.set(&k, Bytes::from_static(b"v1"), Duration::from_secs(60))
-        .await;
+    c.set(&k, Bytes::from_static(b"v1"), Duration::from_secs(60)).await;
     assert_eq!(c.get(&k).await, Some(Bytes::from_static(b"v1")));
     c.invalidate(&k).await.unwrap();
     assert_eq!(c.get(&k).await, None);
@@ -36,8 +29,7 @@ async fn set_get_invalidate() {
 async fn entries_expire() {
     let c = cache().await;
     let k = key("short");
-    c.set(&k, Bytes::from_static(b"v"), Duration::from_millis(50))
-        .await;
+    c.set(&k, Bytes::from_static(b"v"), Duration::from_millis(50)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(c.get(&k).await, None);
 }
@@ -50,9 +42,7 @@ async fn counters_are_atomic_and_windowed() {
     for _ in 0..20 {
         let c = c.clone();
         let k = k.clone();
-        tasks.push(tokio::spawn(async move {
-            c.incr_window(&k, 1, Duration::from_secs(60)).await.unwrap()
-        }));
+        tasks.push(tokio::spawn(async move { c.incr_window(&k, 1, Duration::from_secs(60)).await.unwrap() }));
     }
     let mut totals = Vec::new();
     for t in tasks {
@@ -63,20 +53,10 @@ async fn counters_are_atomic_and_windowed() {
     assert_eq!(c.counter(&k).await.unwrap(), 20);
 
     let short = key("window");
-    assert_eq!(
-        c.incr_window(&short, 2, Duration::from_millis(100))
-            .await
-            .unwrap(),
-        2
-    );
+    assert_eq!(c.incr_window(&short, 2, Duration::from_millis(100)).await.unwrap(), 2);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(c.counter(&short).await.unwrap(), 0);
-    assert_eq!(
-        c.incr_window(&short, 1, Duration::from_millis(100))
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(c.incr_window(&short, 1, Duration::from_millis(100)).await.unwrap(), 1);
 }
 
 #[tokio::test]
@@ -89,13 +69,10 @@ async fn set_if_absent_wins_once() {
 
 #[tokio::test]
 async fn bad_url_is_named() {
-    let err = Cache::connect(&CacheSettings {
-        url: "memcached://x".into(),
-        capacity: 1,
-        timeout: Duration::from_secs(1),
-    })
-    .await
-    .unwrap_err();
+    let err =
+        Cache::connect(&CacheSettings { url: "memcached://x".into(), capacity: 1, timeout: Duration::from_secs(1) })
+            .await
+            .unwrap_err();
     assert!(err.to_string().contains("cache.url"), "{err}");
 }
 

@@ -203,19 +203,14 @@ impl Settings {
         overrides: &Overrides,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut builder = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        let mut builder =
+            config::Config::builder().add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::File { path: path.to_path_buf(), message: e.to_string() })?;
             builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
         }
-        let env: config::Map<String, String> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("RAPPORT__"))
-            .collect();
+        let env: config::Map<String, String> = env.into_iter().filter(|(k, _)| k.starts_with("RAPPORT__")).collect();
         builder = builder.add_source(
             config::Environment::with_prefix("RAPPORT")
                 .prefix_separator("__")
@@ -225,30 +220,19 @@ impl Settings {
                 .try_parsing(true)
                 .source(Some(env)),
         );
-        let set =
-            |b: config::ConfigBuilder<config::builder::DefaultState>,
-             key: &str,
-             v: Option<String>| { b.set_override_option(key, v).map_err(invalid) };
-        builder = set(
-            builder,
-            "server.data_dir",
-            overrides.data_dir.as_ref().map(|p| p.display().to_string()),
-        )?;
+        let set = |b: config::ConfigBuilder<config::builder::DefaultState>, key: &str, v: Option<String>| {
+            b.set_override_option(key, v).map_err(invalid)
+        };
+        builder = set(builder, "server.data_dir", overrides.data_dir.as_ref().map(|p| p.display().to_string()))?;
         builder = set(builder, "server.grpc_listen", overrides.grpc_listen.clone())?;
         builder = set(builder, "server.http_listen", overrides.http_listen.clone())?;
         if let Some(services) = &overrides.services {
-            builder = builder
-                .set_override("server.services", services.clone())
-                .map_err(invalid)?;
+            builder = builder.set_override("server.services", services.clone()).map_err(invalid)?;
         }
         let layered = builder.build().map_err(|e| match (file, &e) {
-            (
-                Some(path),
-                config::ConfigError::FileParse { .. } | config::ConfigError::Foreign(_),
-            ) => ConfigError::File {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            },
+            (Some(path), config::ConfigError::FileParse { .. } | config::ConfigError::Foreign(_)) => {
+                ConfigError::File { path: path.to_path_buf(), message: e.to_string() }
+            }
             _ => invalid(e),
         })?;
         let known: Known = layered.clone().try_deserialize().map_err(invalid)?;
@@ -282,18 +266,13 @@ impl Settings {
         if self.server.services.iter().any(|s| s == "all") || self.server.services.is_empty() {
             return SERVICE_NAMES.to_vec();
         }
-        SERVICE_NAMES
-            .into_iter()
-            .filter(|n| self.server.services.iter().any(|s| s == n))
-            .collect()
+        SERVICE_NAMES.into_iter().filter(|n| self.server.services.iter().any(|s| s == n)).collect()
     }
 
     /// Reads a per-service section (`[identity]`, ...) into the service's own settings type, which should
     /// use `#[serde(default, deny_unknown_fields)]` so that unknown keys are named in the error.
     pub fn section<T: DeserializeOwned>(&self, name: &str) -> Result<T, ConfigError> {
-        self.layered
-            .get::<T>(name)
-            .map_err(|e| ConfigError::Invalid(format!("[{name}] {e}")))
+        self.layered.get::<T>(name).map_err(|e| ConfigError::Invalid(format!("[{name}] {e}")))
     }
 }
 
@@ -306,10 +285,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -324,21 +300,11 @@ mod tests {
     fn file_then_env_then_flags() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rapport.toml");
-        std::fs::write(
-            &path,
-            "[server]\ngrpc_listen = \"127.0.0.1:1\"\nshutdown_grace_seconds = 3\n",
-        )
-        .unwrap();
+        std::fs::write(&path, "[server]\ngrpc_listen = \"127.0.0.1:1\"\nshutdown_grace_seconds = 3\n").unwrap();
         let s = Settings::load_with_env(
             Some(&path),
-            &Overrides {
-                http_listen: Some("127.0.0.1:3".into()),
-                ..Default::default()
-            },
-            env(&[
-                ("RAPPORT__SERVER__GRPC_LISTEN", "127.0.0.1:2"),
-                ("RAPPORT__SERVER__SERVICES", "consent,profile"),
-            ]),
+            &Overrides { http_listen: Some("127.0.0.1:3".into()), ..Default::default() },
+            env(&[("RAPPORT__SERVER__GRPC_LISTEN", "127.0.0.1:2"), ("RAPPORT__SERVER__SERVICES", "consent,profile")]),
         )
         .unwrap();
         assert_eq!(s.server.grpc_listen, "127.0.0.1:2");
@@ -352,26 +318,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rapport.toml");
         std::fs::write(&path, "[server]\ngrpc_lisen = \"x\"\n").unwrap();
-        let err =
-            Settings::load_with_env(Some(&path), &Overrides::default(), env(&[])).unwrap_err();
+        let err = Settings::load_with_env(Some(&path), &Overrides::default(), env(&[])).unwrap_err();
         assert!(err.to_string().contains("grpc_lisen"), "{err}");
     }
 
     #[test]
     fn unknown_key_in_env_is_named() {
-        let err = Settings::load_with_env(
-            None,
-            &Overrides::default(),
-            env(&[("RAPPORT__STORAGE__URLL", "x")]),
-        )
-        .unwrap_err();
+        let err =
+            Settings::load_with_env(None, &Overrides::default(), env(&[("RAPPORT__STORAGE__URLL", "x")])).unwrap_err();
         assert!(err.to_string().contains("urll"), "{err}");
-        let err = Settings::load_with_env(
-            None,
-            &Overrides::default(),
-            env(&[("RAPPORT__NOPE__X", "1")]),
-        )
-        .unwrap_err();
+        let err = Settings::load_with_env(None, &Overrides::default(), env(&[("RAPPORT__NOPE__X", "1")])).unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
     }
 
@@ -384,27 +340,18 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("shutdown_grace_seconds"), "{err}");
-        let err = Settings::load_with_env(
-            None,
-            &Overrides::default(),
-            env(&[("RAPPORT__SERVER__SERVICES", "billing")]),
-        )
-        .unwrap_err();
+        let err =
+            Settings::load_with_env(None, &Overrides::default(), env(&[("RAPPORT__SERVER__SERVICES", "billing")]))
+                .unwrap_err();
         assert!(err.to_string().contains("billing"), "{err}");
     }
 
     #[test]
     fn unreadable_file_is_named() {
-        let err = Settings::load_with_env(
-            Some(Path::new("/nonexistent/rapport.toml")),
-            &Overrides::default(),
-            env(&[]),
-        )
-        .unwrap_err();
-        assert!(
-            err.to_string().contains("/nonexistent/rapport.toml"),
-            "{err}"
-        );
+        let err =
+            Settings::load_with_env(Some(Path::new("/nonexistent/rapport.toml")), &Overrides::default(), env(&[]))
+                .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/rapport.toml"), "{err}");
     }
 
     #[test]
@@ -422,22 +369,14 @@ mod tests {
         }
         impl Default for Identity {
             fn default() -> Self {
-                Self {
-                    default_region: "US".into(),
-                }
+                Self { default_region: "US".into() }
             }
         }
         let s = Settings::load_with_env(None, &Overrides::default(), env(&[])).unwrap();
-        assert_eq!(
-            s.section::<Identity>("identity").unwrap().default_region,
-            "US"
-        );
-        let s = Settings::load_with_env(
-            None,
-            &Overrides::default(),
-            env(&[("RAPPORT__IDENTITY__DEFAULT_REGON", "GB")]),
-        )
-        .unwrap();
+        assert_eq!(s.section::<Identity>("identity").unwrap().default_region, "US");
+        let s =
+            Settings::load_with_env(None, &Overrides::default(), env(&[("RAPPORT__IDENTITY__DEFAULT_REGON", "GB")]))
+                .unwrap();
         let err = s.section::<Identity>("identity").unwrap_err();
         assert!(err.to_string().contains("default_regon"), "{err}");
     }

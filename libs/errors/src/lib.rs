@@ -94,10 +94,7 @@ pub struct Error {
 impl Error {
     /// An error of the given class.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
+        Self { code, message: message.into() }
     }
 
     /// A bad field: the message should read like "`field`: what is wrong".
@@ -143,10 +140,9 @@ impl DomainError for Error {
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
         let code = match &e {
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Tls(_) => ErrorCode::Unavailable,
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
+                ErrorCode::Unavailable
+            }
             _ => ErrorCode::Internal,
         };
         Error::new(code, format!("query failed: {e}"))
@@ -165,16 +161,14 @@ mod tests {
 
     #[test]
     fn invalid_argument_keeps_the_field_name() {
-        let status =
-            tonic::Status::from(Error::invalid("identifiers[0].value", "must not be empty"));
+        let status = tonic::Status::from(Error::invalid("identifiers[0].value", "must not be empty"));
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert_eq!(status.message(), "identifiers[0].value: must not be empty");
     }
 
     #[test]
     fn internal_detail_never_reaches_the_caller() {
-        let status =
-            tonic::Status::from(Error::internal("syntax error near SELECT at /var/lib/x.db"));
+        let status = tonic::Status::from(Error::internal("syntax error near SELECT at /var/lib/x.db"));
         assert_eq!(status.code(), tonic::Code::Internal);
         assert_eq!(status.message(), "internal error");
         let status = tonic::Status::from(Error::unavailable("connection refused 10.0.0.1"));

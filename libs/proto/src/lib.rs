@@ -8,13 +8,9 @@ include!(concat!(env!("OUT_DIR"), "/method_scopes.rs"));
 pub use rapport::*;
 
 /// The encoded `FileDescriptorSet` of every contract, for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/rapport_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rapport_descriptor.bin"));
 
 /// The scope a method path (`/package.Service/Method`) requires, if the method is one of ours.
 pub fn required_scope(path: &str) -> Option<&'static str> {
-    METHOD_SCOPES
-        .iter()
-        .find(|(p, _)| *p == path)
-        .map(|(_, s)| *s)
+    METHOD_SCOPES.iter().find(|(p, _)| *p == path).map(|(_, s)| *s)
 }

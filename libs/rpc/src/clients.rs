@@ -71,14 +71,12 @@ pub fn remote_transport(url: &str, token: &str, timeout: Duration) -> anyhow::Re
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30));
     let channel = endpoint.connect_lazy();
-    let bearer = http::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-        anyhow::anyhow!("clients.token_file: the token holds characters not allowed in a header")
-    })?;
+    let bearer = http::HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| anyhow::anyhow!("clients.token_file: the token holds characters not allowed in a header"))?;
     Ok(BoxCloneSyncService::new(
         ServiceBuilder::new()
             .map_request(move |mut req: http::Request<Body>| {
-                req.headers_mut()
-                    .insert(http::header::AUTHORIZATION, bearer.clone());
+                req.headers_mut().insert(http::header::AUTHORIZATION, bearer.clone());
                 rapport_telemetry::inject_current_context(req.headers_mut());
                 req
             })
@@ -99,12 +97,8 @@ pub struct Clients {
 
 impl std::fmt::Debug for Clients {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let wired: Vec<_> = SERVICES
-            .iter()
-            .zip(self.slots.iter())
-            .filter(|(_, s)| s.get().is_some())
-            .map(|(n, _)| *n)
-            .collect();
+        let wired: Vec<_> =
+            SERVICES.iter().zip(self.slots.iter()).filter(|(_, s)| s.get().is_some()).map(|(n, _)| *n).collect();
         f.debug_struct("Clients").field("wired", &wired).finish()
     }
 }
@@ -114,9 +108,7 @@ macro_rules! typed_client {
         #[doc = concat!("A client of the ", $name, " service, or UNAVAILABLE when it is neither here nor configured.")]
         pub fn $fn(&self) -> Result<$client<Transport>, tonic::Status> {
             let limit = self.max_message_bytes.get().copied().unwrap_or(4 * 1024 * 1024);
-            Ok($client::new(self.transport($name)?)
-                .max_decoding_message_size(limit)
-                .max_encoding_message_size(limit))
+            Ok($client::new(self.transport($name)?).max_decoding_message_size(limit).max_encoding_message_size(limit))
         }
     };
 }
@@ -138,23 +130,16 @@ impl Clients {
 
     /// Whether `service` can be called.
     pub fn is_wired(&self, service: &str) -> bool {
-        SERVICES
-            .iter()
-            .position(|s| *s == service)
-            .is_some_and(|i| self.slots[i].get().is_some())
+        SERVICES.iter().position(|s| *s == service).is_some_and(|i| self.slots[i].get().is_some())
     }
 
     /// The transport to `service`.
     pub fn transport(&self, service: &str) -> Result<Transport, tonic::Status> {
-        SERVICES
-            .iter()
-            .position(|s| *s == service)
-            .and_then(|i| self.slots[i].get().cloned())
-            .ok_or_else(|| {
-                tonic::Status::unavailable(format!(
-                    "the {service} service is not running in this process and clients.{service} is not configured"
-                ))
-            })
+        SERVICES.iter().position(|s| *s == service).and_then(|i| self.slots[i].get().cloned()).ok_or_else(|| {
+            tonic::Status::unavailable(format!(
+                "the {service} service is not running in this process and clients.{service} is not configured"
+            ))
+        })
     }
 
     typed_client!(identity, "identity", IdentityServiceClient);

@@ -8,9 +8,7 @@ pub fn json_to_struct(v: serde_json::Value) -> prost_types::Struct {
     match json_to_value(v).kind {
         Some(Kind::StructValue(s)) => s,
         other => prost_types::Struct {
-            fields: [("value".to_string(), prost_types::Value { kind: other })]
-                .into_iter()
-                .collect(),
+            fields: [("value".to_string(), prost_types::Value { kind: other })].into_iter().collect(),
         },
     }
 }
@@ -22,9 +20,9 @@ pub fn json_to_value(v: serde_json::Value) -> prost_types::Value {
         serde_json::Value::Bool(b) => Kind::BoolValue(b),
         serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
         serde_json::Value::String(s) => Kind::StringValue(s),
-        serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
-            values: a.into_iter().map(json_to_value).collect(),
-        }),
+        serde_json::Value::Array(a) => {
+            Kind::ListValue(prost_types::ListValue { values: a.into_iter().map(json_to_value).collect() })
+        }
         serde_json::Value::Object(o) => Kind::StructValue(prost_types::Struct {
             fields: o.into_iter().map(|(k, v)| (k, json_to_value(v))).collect(),
         }),
@@ -35,10 +33,7 @@ pub fn json_to_value(v: serde_json::Value) -> prost_types::Value {
 /// A protobuf Struct as a JSON object. Whole numbers stay integers (protobuf carries every number as a
 /// double), so that `revenue_minor: 1999` reads back as 1999, not 1999.0.
 pub fn struct_to_json(s: &prost_types::Struct) -> serde_json::Map<String, serde_json::Value> {
-    s.fields
-        .iter()
-        .map(|(k, v)| (k.clone(), value_to_json(v)))
-        .collect()
+    s.fields.iter().map(|(k, v)| (k.clone(), value_to_json(v))).collect()
 }
 
 /// A protobuf Value as JSON.
@@ -50,24 +45,18 @@ pub fn value_to_json(v: &prost_types::Value) -> serde_json::Value {
             if n.fract() == 0.0 && n.abs() < 9.0e15 {
                 serde_json::Value::from(*n as i64)
             } else {
-                serde_json::Number::from_f64(*n)
-                    .map_or(serde_json::Value::Null, serde_json::Value::Number)
+                serde_json::Number::from_f64(*n).map_or(serde_json::Value::Null, serde_json::Value::Number)
             }
         }
         Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
-        Some(Kind::ListValue(l)) => {
-            serde_json::Value::Array(l.values.iter().map(value_to_json).collect())
-        }
+        Some(Kind::ListValue(l)) => serde_json::Value::Array(l.values.iter().map(value_to_json).collect()),
         Some(Kind::StructValue(s)) => serde_json::Value::Object(struct_to_json(s)),
     }
 }
 
 /// Milliseconds since the epoch as a Timestamp.
 pub fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
+    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
 /// A Timestamp as milliseconds since the epoch; `None` when it is out of range.
@@ -75,24 +64,14 @@ pub fn millis(t: &prost_types::Timestamp) -> Option<i64> {
     if !(0..1_000_000_000).contains(&t.nanos) {
         return None;
     }
-    t.seconds
-        .checked_mul(1000)
-        .and_then(|s| s.checked_add(i64::from(t.nanos / 1_000_000)))
+    t.seconds.checked_mul(1000).and_then(|s| s.checked_add(i64::from(t.nanos / 1_000_000)))
 }
 
 /// The page size of a request: the default when 0, an error naming `field` when negative or over `max`.
-pub fn page_size(
-    field: &str,
-    requested: i32,
-    default: i32,
-    max: i32,
-) -> Result<i64, rapport_errors::Error> {
+pub fn page_size(field: &str, requested: i32, default: i32, max: i32) -> Result<i64, rapport_errors::Error> {
     match requested {
         0 => Ok(i64::from(default)),
-        n if n < 0 || n > max => Err(rapport_errors::Error::invalid(
-            field,
-            format!("must be between 0 and {max}"),
-        )),
+        n if n < 0 || n > max => Err(rapport_errors::Error::invalid(field, format!("must be between 0 and {max}"))),
         n => Ok(i64::from(n)),
     }
 }

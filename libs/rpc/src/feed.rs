@@ -8,8 +8,7 @@ use rapport_proto::common::v1::{OutboxRecord, SubscribeRequest};
 use rapport_storage::{Outbox, OutboxRow};
 
 /// The stream type of every `Subscribe` rpc.
-pub type RecordStream =
-    Pin<Box<dyn Stream<Item = Result<OutboxRecord, tonic::Status>> + Send + 'static>>;
+pub type RecordStream = Pin<Box<dyn Stream<Item = Result<OutboxRecord, tonic::Status>> + Send + 'static>>;
 
 /// The largest batch a subscriber may ask for.
 pub const MAX_BATCH: i32 = 5_000;
@@ -23,37 +22,17 @@ pub fn subscribe(
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> Result<RecordStream, tonic::Status> {
     if request.after_sequence < 0 {
-        return Err(tonic::Status::invalid_argument(
-            "after_sequence: must not be negative",
-        ));
+        return Err(tonic::Status::invalid_argument("after_sequence: must not be negative"));
     }
     if request.max_batch < 0 || request.max_batch > MAX_BATCH {
-        return Err(tonic::Status::invalid_argument(format!(
-            "max_batch: must be between 0 and {MAX_BATCH}"
-        )));
+        return Err(tonic::Status::invalid_argument(format!("max_batch: must be between 0 and {MAX_BATCH}")));
     }
-    if let Some((i, _)) = request
-        .topics
-        .iter()
-        .enumerate()
-        .find(|(_, t)| t.trim().is_empty())
-    {
-        return Err(tonic::Status::invalid_argument(format!(
-            "topics[{i}]: must not be empty"
-        )));
+    if let Some((i, _)) = request.topics.iter().enumerate().find(|(_, t)| t.trim().is_empty()) {
+        return Err(tonic::Status::invalid_argument(format!("topics[{i}]: must not be empty")));
     }
-    let batch = if request.max_batch == 0 {
-        500
-    } else {
-        request.max_batch
-    };
+    let batch = if request.max_batch == 0 { 500 } else { request.max_batch };
     let stream = outbox
-        .stream(
-            request.after_sequence,
-            request.topics,
-            i64::from(batch),
-            Duration::from_millis(250),
-        )
+        .stream(request.after_sequence, request.topics, i64::from(batch), Duration::from_millis(250))
         .map(|row| row.map(to_record).map_err(tonic::Status::from))
         .take_until(shutdown.clone().cancelled_owned());
     Ok(Box::pin(stream))
@@ -95,11 +74,7 @@ pub trait FeedHandler: Send + Sync + 'static {
 /// Opens a feed: calls the source service's `Subscribe` with the request (through `Clients`, so it works
 /// in process and over the network alike).
 pub type FeedSource = Box<
-    dyn Fn(
-            SubscribeRequest,
-        ) -> futures::future::BoxFuture<'static, Result<RecordStream, tonic::Status>>
-        + Send
-        + Sync,
+    dyn Fn(SubscribeRequest) -> futures::future::BoxFuture<'static, Result<RecordStream, tonic::Status>> + Send + Sync,
 >;
 
 /// The source for `Subscribe` of a generated client built by `client` (e.g. `clients.identity()`).
@@ -152,8 +127,7 @@ pub fn consume(
                     } else {
                         tracing::debug!(consumer, error = %e, "feed consumer failed; retrying");
                     }
-                    metrics::counter!("rapport_feed_consumer_errors_total", "consumer" => consumer)
-                        .increment(1);
+                    metrics::counter!("rapport_feed_consumer_errors_total", "consumer" => consumer).increment(1);
                 }
             }
             tokio::select! {
@@ -172,31 +146,17 @@ async fn run_once(
     topics: &[String],
     handler: &dyn FeedHandler,
 ) -> Result<(), String> {
-    let after = rapport_storage::Cursors::load(db, consumer)
-        .await
-        .map_err(|e| e.to_string())?;
-    let request = SubscribeRequest {
-        after_sequence: after,
-        topics: topics.to_vec(),
-        max_batch: 0,
-    };
-    let mut stream = source(request)
-        .await
-        .map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+    let after = rapport_storage::Cursors::load(db, consumer).await.map_err(|e| e.to_string())?;
+    let request = SubscribeRequest { after_sequence: after, topics: topics.to_vec(), max_batch: 0 };
+    let mut stream = source(request).await.map_err(|s| format!("{}: {}", s.code(), s.message()))?;
     while let Some(item) = stream.next().await {
         let record = item.map_err(|s| format!("{}: {}", s.code(), s.message()))?;
         let mut tx = db.begin().await.map_err(|e| e.to_string())?;
-        handler
-            .apply(&mut tx, &record)
-            .await
-            .map_err(|e| e.to_string())?;
-        rapport_storage::Cursors::save(&mut tx, consumer, record.sequence)
-            .await
-            .map_err(|e| e.to_string())?;
+        handler.apply(&mut tx, &record).await.map_err(|e| e.to_string())?;
+        rapport_storage::Cursors::save(&mut tx, consumer, record.sequence).await.map_err(|e| e.to_string())?;
         tx.commit().await.map_err(|e| e.to_string())?;
         handler.committed(&record).await;
-        metrics::counter!("rapport_feed_records_applied_total", "consumer" => consumer)
-            .increment(1);
+        metrics::counter!("rapport_feed_records_applied_total", "consumer" => consumer).increment(1);
     }
     // The source ended the stream (it is shutting down): resubscribe after the backoff.
     Ok(())

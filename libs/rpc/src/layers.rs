@@ -22,19 +22,14 @@ pub struct OverloadLayer {
 impl OverloadLayer {
     /// At most `limit` calls at once.
     pub fn new(limit: usize) -> Self {
-        Self {
-            permits: Arc::new(Semaphore::new(limit.max(1))),
-        }
+        Self { permits: Arc::new(Semaphore::new(limit.max(1))) }
     }
 }
 
 impl<S> Layer<S> for OverloadLayer {
     type Service = OverloadService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        OverloadService {
-            inner,
-            permits: self.permits.clone(),
-        }
+        OverloadService { inner, permits: self.permits.clone() }
     }
 }
 
@@ -47,10 +42,7 @@ pub struct OverloadService<S> {
 
 impl<S, B> Service<http::Request<B>> for OverloadService<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     B: Send + 'static,
@@ -66,9 +58,7 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             metrics::counter!("rapport_grpc_shed_total").increment(1);
-            let status = tonic::Status::resource_exhausted(
-                "server overloaded: too many calls in flight, retry later",
-            );
+            let status = tonic::Status::resource_exhausted("server overloaded: too many calls in flight, retry later");
             return futures::future::ready(Ok(status.into_http())).boxed();
         };
         let fut = self.inner.call(req);
@@ -101,10 +91,7 @@ pub struct TelemetryService<S> {
 
 impl<S, B> Service<http::Request<B>> for TelemetryService<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     B: Send + 'static,
@@ -119,10 +106,7 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let path = req.uri().path();
-        let (service, method) = path
-            .trim_start_matches('/')
-            .split_once('/')
-            .unwrap_or((path, ""));
+        let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
         let (service, method) = (service.to_string(), method.to_string());
         let span = tracing::info_span!(
             "rpc",

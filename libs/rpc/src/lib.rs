@@ -13,7 +13,5 @@ pub mod feed;
 pub mod layers;
 mod mount;
 
-pub use clients::{
-    BoxError, Clients, Transport, TransportError, local_transport, remote_transport,
-};
+pub use clients::{BoxError, Clients, Transport, TransportError, local_transport, remote_transport};
 pub use mount::{Mounted, ServiceContext};

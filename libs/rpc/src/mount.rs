@@ -93,9 +93,6 @@ impl Mounted {
 
     /// Starts the background work.
     pub fn start_background(&mut self) -> Vec<tokio::task::JoinHandle<()>> {
-        self.background
-            .take()
-            .map(|start| start())
-            .unwrap_or_default()
+        self.background.take().map(|start| start()).unwrap_or_default()
     }
 }

@@ -49,18 +49,11 @@ impl Rule {
             return Err(RuleError::Invalid("the rule is empty".into()));
         }
         if trimmed.len() > MAX_RULE_BYTES {
-            return Err(RuleError::Invalid(format!(
-                "the rule is longer than {MAX_RULE_BYTES} bytes"
-            )));
+            return Err(RuleError::Invalid(format!("the rule is longer than {MAX_RULE_BYTES} bytes")));
         }
-        let program = Program::compile(trimmed)
-            .map_err(|e| RuleError::Invalid(format!("does not parse: {e}")))?;
+        let program = Program::compile(trimmed).map_err(|e| RuleError::Invalid(format!("does not parse: {e}")))?;
         let references = program.references();
-        let mut unknown: Vec<&str> = references
-            .variables()
-            .into_iter()
-            .filter(|v| !variables.contains(v))
-            .collect();
+        let mut unknown: Vec<&str> = references.variables().into_iter().filter(|v| !variables.contains(v)).collect();
         unknown.sort_unstable();
         if !unknown.is_empty() {
             return Err(RuleError::Invalid(format!(
@@ -69,10 +62,7 @@ impl Rule {
                 variables.join(", ")
             )));
         }
-        Ok(Self {
-            source: trimmed.into(),
-            program: Arc::new(program),
-        })
+        Ok(Self { source: trimmed.into(), program: Arc::new(program) })
     }
 
     /// The rule as written.
@@ -85,21 +75,13 @@ impl Rule {
     pub fn matches(&self, vars: &[(&str, &serde_json::Value)]) -> Result<bool, RuleError> {
         let mut context = Context::default();
         for (name, value) in vars {
-            let value =
-                cel::to_value(value).map_err(|e| RuleError::Evaluation(format!("{name}: {e}")))?;
+            let value = cel::to_value(value).map_err(|e| RuleError::Evaluation(format!("{name}: {e}")))?;
             context.add_variable_from_value(*name, value);
         }
         match self.program.execute(&context) {
             Ok(cel::Value::Bool(b)) => Ok(b),
-            Ok(other) => Err(RuleError::Evaluation(format!(
-                "the rule gave {other:?}, not true or false"
-            ))),
-            Err(e)
-                if e.to_string().contains("No such key")
-                    || e.to_string().contains("Undeclared") =>
-            {
-                Ok(false)
-            }
+            Ok(other) => Err(RuleError::Evaluation(format!("the rule gave {other:?}, not true or false"))),
+            Err(e) if e.to_string().contains("No such key") || e.to_string().contains("Undeclared") => Ok(false),
             Err(e) => Err(RuleError::Evaluation(e.to_string())),
         }
     }
@@ -118,31 +100,14 @@ mod tests {
         )
         .unwrap();
         let profile = json!({"computed": {"total_revenue_minor": 20000}});
-        assert!(
-            rule.matches(&[
-                ("profile", &profile),
-                ("context", &json!({"channel": "email"}))
-            ])
-            .unwrap()
-        );
-        assert!(
-            !rule
-                .matches(&[
-                    ("profile", &profile),
-                    ("context", &json!({"channel": "sms"}))
-                ])
-                .unwrap()
-        );
+        assert!(rule.matches(&[("profile", &profile), ("context", &json!({"channel": "email"}))]).unwrap());
+        assert!(!rule.matches(&[("profile", &profile), ("context", &json!({"channel": "sms"}))]).unwrap());
     }
 
     #[test]
     fn a_missing_field_is_false_not_an_error() {
         let rule = Rule::compile("profile.traits.city == 'Berlin'", &["profile"]).unwrap();
-        assert!(
-            !rule
-                .matches(&[("profile", &json!({"traits": {}}))])
-                .unwrap()
-        );
+        assert!(!rule.matches(&[("profile", &json!({"traits": {}}))]).unwrap());
     }
 
     #[test]
@@ -153,14 +118,8 @@ mod tests {
         assert!(
             matches!(Rule::compile("customer.x == 1", &["profile"]), Err(RuleError::Invalid(m)) if m.contains("customer"))
         );
-        assert!(matches!(
-            Rule::compile("  ", &["profile"]),
-            Err(RuleError::Invalid(_))
-        ));
+        assert!(matches!(Rule::compile("  ", &["profile"]), Err(RuleError::Invalid(_))));
         let not_bool = Rule::compile("profile.n + 1", &["profile"]).unwrap();
-        assert!(matches!(
-            not_bool.matches(&[("profile", &json!({"n": 1}))]),
-            Err(RuleError::Evaluation(_))
-        ));
+        assert!(matches!(not_bool.matches(&[("profile", &json!({"n": 1}))]), Err(RuleError::Evaluation(_))));
     }
 }

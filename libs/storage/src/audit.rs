@@ -58,11 +58,7 @@ impl Audit {
     }
 
     /// The entries about `customer_id`, oldest first, at most `limit`.
-    pub async fn list(
-        db: &Db,
-        customer_id: &str,
-        limit: i64,
-    ) -> Result<Vec<AuditEntry>, StorageError> {
+    pub async fn list(db: &Db, customer_id: &str, limit: i64) -> Result<Vec<AuditEntry>, StorageError> {
         let rows = on_db!(db, p => sqlx::query(
             "SELECT id, at, principal, action, customer_id, detail FROM audit_log WHERE customer_id = $1 ORDER BY id LIMIT $2",
         )

@@ -4,9 +4,7 @@ use sqlx::{
     ConnectOptions, Connection,
     migrate::Migrator,
     postgres::{PgConnectOptions, PgPool, PgPoolOptions},
-    sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-    },
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous},
 };
 
 use crate::StorageError;
@@ -67,11 +65,7 @@ impl Db {
     /// so concurrent writers queue instead of failing with "database is locked" when they upgrade.
     pub async fn begin(&self) -> Result<Tx, StorageError> {
         Ok(match self {
-            Db::Sqlite(p) => Tx::Sqlite(
-                p.begin_with("BEGIN IMMEDIATE")
-                    .await
-                    .map_err(connection_error)?,
-            ),
+            Db::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await.map_err(connection_error)?),
             Db::Postgres(p) => Tx::Postgres(p.begin().await.map_err(connection_error)?),
         })
     }
@@ -103,11 +97,7 @@ impl Tx {
 }
 
 fn connection_error(e: sqlx::Error) -> StorageError {
-    if crate::is_connection_error(&e) {
-        StorageError::Unavailable(e.to_string())
-    } else {
-        StorageError::Query(e)
-    }
+    if crate::is_connection_error(&e) { StorageError::Unavailable(e.to_string()) } else { StorageError::Query(e) }
 }
 
 /// Pool sizing and timeouts.
@@ -119,28 +109,19 @@ pub struct PoolSettings {
 
 impl Default for PoolSettings {
     fn default() -> Self {
-        Self {
-            max_connections: 16,
-            acquire_timeout: Duration::from_secs(5),
-        }
+        Self { max_connections: 16, acquire_timeout: Duration::from_secs(5) }
     }
 }
 
 /// Opens the database of `service`. `url` is empty (SQLite under `data_dir`), `sqlite://DIR` (one file
 /// per service in DIR), `sqlite::memory:` (tests), or a PostgreSQL URL, where each service works in its
 /// own schema named after it.
-pub async fn connect(
-    url: &str,
-    data_dir: &Path,
-    service: &str,
-    settings: &PoolSettings,
-) -> Result<Db, StorageError> {
+pub async fn connect(url: &str, data_dir: &Path, service: &str, settings: &PoolSettings) -> Result<Db, StorageError> {
     if url.is_empty() {
         return connect_sqlite_dir(data_dir, service, settings).await;
     }
     if url == "sqlite::memory:" {
-        let opts =
-            SqliteConnectOptions::from_str(url).map_err(|e| StorageError::BadUrl(e.to_string()))?;
+        let opts = SqliteConnectOptions::from_str(url).map_err(|e| StorageError::BadUrl(e.to_string()))?;
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(opts)
@@ -154,23 +135,12 @@ pub async fn connect(
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return connect_postgres(url, service, settings).await;
     }
-    Err(StorageError::BadUrl(format!(
-        "unsupported scheme in `{}`, expected sqlite://DIR or postgres://",
-        redact(url)
-    )))
+    Err(StorageError::BadUrl(format!("unsupported scheme in `{}`, expected sqlite://DIR or postgres://", redact(url))))
 }
 
-async fn connect_sqlite_dir(
-    dir: &Path,
-    service: &str,
-    settings: &PoolSettings,
-) -> Result<Db, StorageError> {
-    std::fs::create_dir_all(dir).map_err(|e| {
-        StorageError::Unavailable(format!(
-            "cannot create data directory {}: {e}",
-            dir.display()
-        ))
-    })?;
+async fn connect_sqlite_dir(dir: &Path, service: &str, settings: &PoolSettings) -> Result<Db, StorageError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StorageError::Unavailable(format!("cannot create data directory {}: {e}", dir.display())))?;
     let file = dir.join(format!("{service}.db"));
     let opts = SqliteConnectOptions::new()
         .filename(&file)
@@ -188,47 +158,29 @@ async fn connect_sqlite_dir(
     Ok(Db::Sqlite(pool))
 }
 
-async fn connect_postgres(
-    url: &str,
-    service: &str,
-    settings: &PoolSettings,
-) -> Result<Db, StorageError> {
-    if !service
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-    {
-        return Err(StorageError::BadUrl(format!(
-            "schema name `{service}` must be lower-case letters, digits and _"
-        )));
+async fn connect_postgres(url: &str, service: &str, settings: &PoolSettings) -> Result<Db, StorageError> {
+    if !service.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        return Err(StorageError::BadUrl(format!("schema name `{service}` must be lower-case letters, digits and _")));
     }
-    let base = PgConnectOptions::from_str(url)
-        .map_err(|e| StorageError::BadUrl(format!("{}: {e}", redact(url))))?;
+    let base = PgConnectOptions::from_str(url).map_err(|e| StorageError::BadUrl(format!("{}: {e}", redact(url))))?;
     let unreachable = |e: sqlx::Error| {
-        StorageError::Unavailable(format!(
-            "storage.url: cannot connect to postgres at {}: {e}",
-            redact(url)
-        ))
+        StorageError::Unavailable(format!("storage.url: cannot connect to postgres at {}: {e}", redact(url)))
     };
     // Create the service's schema before any pooled connection sets its search path to it.
     let mut conn = tokio::time::timeout(settings.acquire_timeout, base.clone().connect())
         .await
         .map_err(|_| {
-            StorageError::Unavailable(format!(
-                "storage.url: cannot connect to postgres at {}: timed out",
-                redact(url)
-            ))
+            StorageError::Unavailable(format!("storage.url: cannot connect to postgres at {}: timed out", redact(url)))
         })?
         .map_err(unreachable)?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "CREATE SCHEMA IF NOT EXISTS {service}"
-    )))
-    .execute(&mut conn)
-    .await
-    .or_else(|e| match &e {
-        // Two processes creating the schema at once: the loser sees a unique violation.
-        sqlx::Error::Database(d) if d.code().as_deref() == Some("23505") => Ok(Default::default()),
-        _ => Err(e),
-    })?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {service}")))
+        .execute(&mut conn)
+        .await
+        .or_else(|e| match &e {
+            // Two processes creating the schema at once: the loser sees a unique violation.
+            sqlx::Error::Database(d) if d.code().as_deref() == Some("23505") => Ok(Default::default()),
+            _ => Err(e),
+        })?;
     conn.close().await.ok();
     let opts = base.options([("search_path", service)]);
     let pool = PgPoolOptions::new()
@@ -255,12 +207,7 @@ pub(crate) fn redact(url: &str) -> String {
 
 /// Applies the outbox migrations and then the service's own, for the backend of `db`.
 /// Service migrations are numbered from 0100; the shared ones below that.
-pub async fn migrate(
-    db: &Db,
-    service: &str,
-    sqlite: &Migrator,
-    postgres: &Migrator,
-) -> Result<(), StorageError> {
+pub async fn migrate(db: &Db, service: &str, sqlite: &Migrator, postgres: &Migrator) -> Result<(), StorageError> {
     static OUTBOX_SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
     static OUTBOX_POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
     let (shared, own) = match db.backend() {
@@ -283,40 +230,21 @@ mod tests {
 
     #[test]
     fn redact_hides_passwords() {
-        assert_eq!(
-            redact("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
+        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
         assert!(!redact("postgres://u:secret@h/db").contains("secret"));
     }
 
     #[tokio::test]
     async fn unknown_scheme_is_named() {
-        let err = connect(
-            "mysql://h/db",
-            Path::new("/tmp"),
-            "identity",
-            &PoolSettings::default(),
-        )
-        .await
-        .unwrap_err();
+        let err = connect("mysql://h/db", Path::new("/tmp"), "identity", &PoolSettings::default()).await.unwrap_err();
         assert!(err.to_string().contains("storage.url"), "{err}");
     }
 
     #[tokio::test]
     async fn unreachable_postgres_fails_fast_and_clearly() {
-        let settings = PoolSettings {
-            acquire_timeout: Duration::from_secs(2),
-            ..Default::default()
-        };
-        let err = connect(
-            "postgres://u:pw@127.0.0.1:1/db",
-            Path::new("/tmp"),
-            "identity",
-            &settings,
-        )
-        .await
-        .unwrap_err();
+        let settings = PoolSettings { acquire_timeout: Duration::from_secs(2), ..Default::default() };
+        let err =
+            connect("postgres://u:pw@127.0.0.1:1/db", Path::new("/tmp"), "identity", &settings).await.unwrap_err();
         assert!(err.is_unavailable());
         assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
         assert!(!err.to_string().contains("pw@"), "{err}");

@@ -45,22 +45,12 @@ impl StorageError {
 }
 
 fn is_connection_error(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
-        sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Tls(_)
-    )
+    matches!(e, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_))
 }
 
 impl rapport_errors::DomainError for StorageError {
     fn error_code(&self) -> rapport_errors::ErrorCode {
-        if self.is_unavailable() {
-            rapport_errors::ErrorCode::Unavailable
-        } else {
-            rapport_errors::ErrorCode::Internal
-        }
+        if self.is_unavailable() { rapport_errors::ErrorCode::Unavailable } else { rapport_errors::ErrorCode::Internal }
     }
 }
 

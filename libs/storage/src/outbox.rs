@@ -27,12 +27,7 @@ impl OutboxMessage {
         payload_type: impl Into<String>,
         payload: Vec<u8>,
     ) -> Self {
-        Self {
-            topic: topic.into(),
-            key: key.into(),
-            payload_type: payload_type.into(),
-            payload,
-        }
+        Self { topic: topic.into(), key: key.into(), payload_type: payload_type.into(), payload }
     }
 }
 
@@ -65,10 +60,7 @@ const OUTBOX_LOCK: i64 = 0x0072_6170_706f_7274;
 impl Outbox {
     /// The outbox stored in `db`.
     pub fn new(db: Db) -> Self {
-        Self {
-            db,
-            appended: Arc::new(Notify::new()),
-        }
+        Self { db, appended: Arc::new(Notify::new()) }
     }
 
     /// Appends messages inside the caller's transaction; they become visible when it commits.
@@ -77,10 +69,7 @@ impl Outbox {
             return Ok(());
         }
         if let Tx::Postgres(t) = tx {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(OUTBOX_LOCK)
-                .execute(&mut **t)
-                .await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(OUTBOX_LOCK).execute(&mut **t).await?;
         }
         let now = now_millis();
         for m in messages {
@@ -107,12 +96,7 @@ impl Outbox {
     }
 
     /// Up to `limit` rows after `after`, in order, optionally only of `topics`.
-    pub async fn read_after(
-        &self,
-        after: i64,
-        topics: &[String],
-        limit: i64,
-    ) -> Result<Vec<OutboxRow>, StorageError> {
+    pub async fn read_after(&self, after: i64, topics: &[String], limit: i64) -> Result<Vec<OutboxRow>, StorageError> {
         let mut sql = String::from(
             "SELECT sequence, topic, key, payload_type, payload, created_at FROM outbox WHERE sequence > $1",
         );
@@ -142,7 +126,8 @@ impl Outbox {
 
     /// The highest sequence written so far (0 when empty), for lag metrics.
     pub async fn head(&self) -> Result<i64, StorageError> {
-        let head: Option<i64> = on_db!(&self.db, p => sqlx::query_scalar("SELECT MAX(sequence) FROM outbox").fetch_one(p).await?);
+        let head: Option<i64> =
+            on_db!(&self.db, p => sqlx::query_scalar("SELECT MAX(sequence) FROM outbox").fetch_one(p).await?);
         Ok(head.unwrap_or(0))
     }
 

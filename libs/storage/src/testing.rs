@@ -20,18 +20,10 @@ impl TestDatabase {
     pub async fn new() -> Self {
         let data_dir = tempfile::tempdir().expect("temporary directory");
         let Ok(admin_url) = std::env::var("RAPPORT_TEST_DATABASE_URL") else {
-            return Self {
-                url: String::new(),
-                data_dir,
-                admin: None,
-            };
+            return Self { url: String::new(), data_dir, admin: None };
         };
         if admin_url.is_empty() {
-            return Self {
-                url: String::new(),
-                data_dir,
-                admin: None,
-            };
+            return Self { url: String::new(), data_dir, admin: None };
         }
         let name = format!("rapport_t_{}", uuid::Uuid::new_v4().simple());
         let mut conn = PgConnectOptions::from_str(&admin_url)
@@ -46,23 +38,14 @@ impl TestDatabase {
         conn.close().await.ok();
         let mut url = url::Url::parse(&admin_url).expect("RAPPORT_TEST_DATABASE_URL is a url");
         url.set_path(&format!("/{name}"));
-        Self {
-            url: url.to_string(),
-            data_dir,
-            admin: Some((admin_url, name)),
-        }
+        Self { url: url.to_string(), data_dir, admin: Some((admin_url, name)) }
     }
 
     /// Opens the database of `service` on this storage (not migrated).
     pub async fn connect(&self, service: &str) -> crate::Db {
-        crate::connect(
-            &self.url,
-            self.data_dir.path(),
-            service,
-            &crate::PoolSettings::default(),
-        )
-        .await
-        .expect("test database opens")
+        crate::connect(&self.url, self.data_dir.path(), service, &crate::PoolSettings::default())
+            .await
+            .expect("test database opens")
     }
 
     /// Whether this test runs on PostgreSQL.
@@ -78,19 +61,16 @@ impl Drop for TestDatabase {
         };
         // Drop may run inside or outside a runtime; a thread with its own runtime works in both.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
             if let Ok(rt) = rt {
                 rt.block_on(async move {
                     if let Ok(opts) = PgConnectOptions::from_str(&admin_url)
                         && let Ok(mut conn) = opts.connect().await
                     {
-                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                        )))
-                        .execute(&mut conn)
-                        .await;
+                        let _ =
+                            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                                .execute(&mut conn)
+                                .await;
                     }
                 });
             }

@@ -37,10 +37,7 @@ pub struct SuiteOptions {
 impl SuiteOptions {
     /// Only these services.
     pub fn services(names: &[&str]) -> Self {
-        Self {
-            services: names.iter().map(|s| s.to_string()).collect(),
-            ..Self::default()
-        }
+        Self { services: names.iter().map(|s| s.to_string()).collect(), ..Self::default() }
     }
 
     /// Adds a TOML configuration file (as `--config FILE` would).
@@ -51,10 +48,7 @@ impl SuiteOptions {
 
     /// Adds a configuration value (`key` like `clients.identity`).
     pub fn set(mut self, key: &str, value: impl Into<String>) -> Self {
-        self.env.push((
-            format!("RAPPORT__{}", key.replace('.', "__").to_ascii_uppercase()),
-            value.into(),
-        ));
+        self.env.push((format!("RAPPORT__{}", key.replace('.', "__").to_ascii_uppercase()), value.into()));
         self
     }
 }
@@ -88,14 +82,8 @@ impl TestSuite {
     pub fn settings(storage: &TestDatabase, options: &SuiteOptions) -> anyhow::Result<Settings> {
         let mut env = vec![
             ("RAPPORT__STORAGE__URL".to_string(), storage.url.clone()),
-            (
-                "RAPPORT__STORAGE__MAX_CONNECTIONS".to_string(),
-                "8".to_string(),
-            ),
-            (
-                "RAPPORT__TELEMETRY__LOG_FILTER".to_string(),
-                "warn".to_string(),
-            ),
+            ("RAPPORT__STORAGE__MAX_CONNECTIONS".to_string(), "8".to_string()),
+            ("RAPPORT__TELEMETRY__LOG_FILTER".to_string(), "warn".to_string()),
         ];
         if let Ok(redis) = std::env::var("RAPPORT_TEST_REDIS_URL") {
             env.push(("RAPPORT__CACHE__URL".to_string(), redis));
@@ -109,10 +97,7 @@ impl TestSuite {
         };
         let file = match &options.config_toml {
             Some(toml) => {
-                let path = storage
-                    .data_dir
-                    .path()
-                    .join(format!("config-{}.toml", uuid::Uuid::new_v4()));
+                let path = storage.data_dir.path().join(format!("config-{}.toml", uuid::Uuid::new_v4()));
                 std::fs::write(&path, toml)?;
                 Some(path)
             }
@@ -152,12 +137,7 @@ impl TestSuite {
 /// `message` as a request carrying `token`.
 pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}")
-            .parse()
-            .expect("token is a valid header"),
-    );
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("token is a valid header"));
     request
 }
 
@@ -167,28 +147,13 @@ pub async fn http_get(url: &str) -> (u16, String) {
     let rest = url.strip_prefix("http://").expect("http url");
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let path = if path.is_empty() { "/" } else { path };
-    let mut stream = tokio::net::TcpStream::connect(authority)
-        .await
-        .expect("http port answers");
+    let mut stream = tokio::net::TcpStream::connect(authority).await.expect("http port answers");
     let request = format!("GET {path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("request written");
+    stream.write_all(request.as_bytes()).await.expect("request written");
     let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .await
-        .expect("response read");
+    stream.read_to_end(&mut response).await.expect("response read");
     let response = String::from_utf8_lossy(&response).into_owned();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status line");
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
 }

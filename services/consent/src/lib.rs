@@ -19,15 +19,8 @@ pub async fn migrate(db: &Db) -> Result<(), rapport_storage::StorageError> {
 
 /// Builds the service on its migrated database.
 pub async fn mount(ctx: ServiceContext) -> anyhow::Result<Mounted> {
-    let service = Consent {
-        outbox: Outbox::new(ctx.db.clone()),
-        shutdown: ctx.shutdown.clone(),
-    };
-    Ok(Mounted::new(
-        NAME,
-        ctx.db.clone(),
-        ConsentServiceServer::new(service),
-    ))
+    let service = Consent { outbox: Outbox::new(ctx.db.clone()), shutdown: ctx.shutdown.clone() };
+    Ok(Mounted::new(NAME, ctx.db.clone(), ConsentServiceServer::new(service)))
 }
 
 struct Consent {
@@ -37,11 +30,7 @@ struct Consent {
 
 #[tonic::async_trait]
 impl ConsentService for Consent {
-    async fn subscribe(
-        &self,
-        request: Request<SubscribeRequest>,
-    ) -> Result<Response<RecordStream>, Status> {
-        rapport_rpc::feed::subscribe(&self.outbox, request.into_inner(), &self.shutdown)
-            .map(Response::new)
+    async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<RecordStream>, Status> {
+        rapport_rpc::feed::subscribe(&self.outbox, request.into_inner(), &self.shutdown).map(Response::new)
     }
 }

@@ -1,9 +1,7 @@
 //! The decision service.
 
 use rapport_proto::common::v1::SubscribeRequest;
-use rapport_proto::decision::v1::decision_service_server::{
-    DecisionService, DecisionServiceServer,
-};
+use rapport_proto::decision::v1::decision_service_server::{DecisionService, DecisionServiceServer};
 use rapport_rpc::{Mounted, ServiceContext, feed::RecordStream};
 use rapport_storage::{Db, Outbox, sqlx::migrate::Migrator};
 use tonic::{Request, Response, Status};
@@ -21,15 +19,8 @@ pub async fn migrate(db: &Db) -> Result<(), rapport_storage::StorageError> {
 
 /// Builds the service on its migrated database.
 pub async fn mount(ctx: ServiceContext) -> anyhow::Result<Mounted> {
-    let service = Decision {
-        outbox: Outbox::new(ctx.db.clone()),
-        shutdown: ctx.shutdown.clone(),
-    };
-    Ok(Mounted::new(
-        NAME,
-        ctx.db.clone(),
-        DecisionServiceServer::new(service),
-    ))
+    let service = Decision { outbox: Outbox::new(ctx.db.clone()), shutdown: ctx.shutdown.clone() };
+    Ok(Mounted::new(NAME, ctx.db.clone(), DecisionServiceServer::new(service)))
 }
 
 struct Decision {
@@ -39,11 +30,7 @@ struct Decision {
 
 #[tonic::async_trait]
 impl DecisionService for Decision {
-    async fn subscribe(
-        &self,
-        request: Request<SubscribeRequest>,
-    ) -> Result<Response<RecordStream>, Status> {
-        rapport_rpc::feed::subscribe(&self.outbox, request.into_inner(), &self.shutdown)
-            .map(Response::new)
+    async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<RecordStream>, Status> {
+        rapport_rpc::feed::subscribe(&self.outbox, request.into_inner(), &self.shutdown).map(Response::new)
     }
 }

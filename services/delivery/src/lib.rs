@@ -1,9 +1,7 @@
 //! The delivery service.
 
 use rapport_proto::common::v1::SubscribeRequest;
-use rapport_proto::delivery::v1::delivery_service_server::{
-    DeliveryService, DeliveryServiceServer,
-};
+use rapport_proto::delivery::v1::delivery_service_server::{DeliveryService, DeliveryServiceServer};
 use rapport_rpc::{Mounted, ServiceContext, feed::RecordStream};
 use rapport_storage::{Db, Outbox, sqlx::migrate::Migrator};
 use tonic::{Request, Response, Status};
@@ -21,15 +19,8 @@ pub async fn migrate(db: &Db) -> Result<(), rapport_storage::StorageError> {
 
 /// Builds the service on its migrated database.
 pub async fn mount(ctx: ServiceContext) -> anyhow::Result<Mounted> {
-    let service = Delivery {
-        outbox: Outbox::new(ctx.db.clone()),
-        shutdown: ctx.shutdown.clone(),
-    };
-    Ok(Mounted::new(
-        NAME,
-        ctx.db.clone(),
-        DeliveryServiceServer::new(service),
-    ))
+    let service = Delivery { outbox: Outbox::new(ctx.db.clone()), shutdown: ctx.shutdown.clone() };
+    Ok(Mounted::new(NAME, ctx.db.clone(), DeliveryServiceServer::new(service)))
 }
 
 struct Delivery {
@@ -39,11 +30,7 @@ struct Delivery {
 
 #[tonic::async_trait]
 impl DeliveryService for Delivery {
-    async fn subscribe(
-        &self,
-        request: Request<SubscribeRequest>,
-    ) -> Result<Response<RecordStream>, Status> {
-        rapport_rpc::feed::subscribe(&self.outbox, request.into_inner(), &self.shutdown)
-            .map(Response::new)
+    async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<RecordStream>, Status> {
+        rapport_rpc::feed::subscribe(&self.outbox, request.into_inner(), &self.shutdown).map(Response::new)
     }
 }

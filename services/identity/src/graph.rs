@@ -45,11 +45,7 @@ pub struct StoredIdent {
 
 impl From<&Ident> for StoredIdent {
     fn from(i: &Ident) -> Self {
-        Self {
-            id_type: i.id_type.name().to_string(),
-            namespace: i.namespace.clone(),
-            value: i.value.clone(),
-        }
+        Self { id_type: i.id_type.name().to_string(), namespace: i.namespace.clone(), value: i.value.clone() }
     }
 }
 
@@ -218,11 +214,7 @@ macro_rules! identifiers_of {
             .filter_map(|r| {
                 let id_type: String = r.get(0);
                 Some(HeldIdent {
-                    ident: Ident {
-                        id_type: IdType::from_name(&id_type)?,
-                        namespace: r.get(1),
-                        value: r.get(2),
-                    },
+                    ident: Ident { id_type: IdType::from_name(&id_type)?, namespace: r.get(1), value: r.get(2) },
                     owner: owner.to_string(),
                     source: r.get(3),
                     first_seen: r.get(4),
@@ -264,19 +256,8 @@ const LAST_SEEN_RESOLUTION_MS: i64 = 24 * 3600 * 1000;
 
 impl Graph {
     /// The graph stored in `db`, publishing to `outbox`.
-    pub fn new(
-        db: Db,
-        outbox: Outbox,
-        settings: Arc<IdentitySettings>,
-        events: Arc<dyn EventEncoder>,
-    ) -> Self {
-        Self {
-            db,
-            outbox,
-            settings,
-            writer: Arc::new(Mutex::new(())),
-            events,
-        }
+    pub fn new(db: Db, outbox: Outbox, settings: Arc<IdentitySettings>, events: Arc<dyn EventEncoder>) -> Self {
+        Self { db, outbox, settings, writer: Arc::new(Mutex::new(())), events }
     }
 
     /// The database.
@@ -293,22 +274,10 @@ impl Graph {
     /// Like [`Graph::resolve`] for an entity of `kind` (person, household, account, site, contact): a new
     /// customer gets that kind, and identifiers held by entities of another kind are left out, because
     /// entities never merge across kinds.
-    pub async fn resolve_kind(
-        &self,
-        idents: Vec<Ident>,
-        origin: Origin,
-        kind: &str,
-    ) -> Result<Resolved, Error> {
-        let mut idents: Vec<Ident> = idents
-            .into_iter()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+    pub async fn resolve_kind(&self, idents: Vec<Ident>, origin: Origin, kind: &str) -> Result<Resolved, Error> {
+        let mut idents: Vec<Ident> = idents.into_iter().collect::<BTreeSet<_>>().into_iter().collect();
         if idents.is_empty() {
-            return Err(Error::invalid(
-                "identifiers",
-                "at least one usable identifier is required",
-            ));
+            return Err(Error::invalid("identifiers", "at least one usable identifier is required"));
         }
         // Read-only path: every identifier is known, held by one customer and seen recently.
         let known = on_db!(&self.db, p => owners_of!(p, &idents));
@@ -316,15 +285,10 @@ impl Graph {
         if known.len() == idents.len() {
             let owners: BTreeSet<&String> = known.values().map(|o| &o.customer_id).collect();
             if owners.len() == 1
-                && known
-                    .values()
-                    .all(|o| now - o.last_seen < LAST_SEEN_RESOLUTION_MS && o.kind == kind)
+                && known.values().all(|o| now - o.last_seen < LAST_SEEN_RESOLUTION_MS && o.kind == kind)
             {
                 let customer_id = (*owners.iter().next().expect("one owner")).clone();
-                return Ok(Resolved {
-                    customer_id,
-                    ..Default::default()
-                });
+                return Ok(Resolved { customer_id, ..Default::default() });
             }
         }
         idents.sort_by_key(|i| (self.settings.rank_of(i.id_type), i.clone()));
@@ -340,10 +304,7 @@ impl Graph {
         let guard = self.writer.lock().await;
         let mut tx = self.db.begin().await?;
         if let Tx::Postgres(t) = &mut tx {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(GRAPH_LOCK)
-                .execute(&mut **t)
-                .await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(GRAPH_LOCK).execute(&mut **t).await?;
         }
         Ok((guard, tx))
     }
@@ -371,29 +332,20 @@ impl Graph {
         let (owners, held) = loop {
             let known = on_tx!(tx, t => owners_of!(&mut **t, &evidence));
             // Entities never merge across kinds: identifiers of another kind's entity are left out.
-            let other_kind: Vec<Ident> = known
-                .iter()
-                .filter(|(_, o)| o.kind != kind)
-                .map(|(i, _)| i.clone())
-                .collect();
+            let other_kind: Vec<Ident> = known.iter().filter(|(_, o)| o.kind != kind).map(|(i, _)| i.clone()).collect();
             if !other_kind.is_empty() {
                 for ident in &other_kind {
                     let owner = &known[ident];
                     excluded.push(Excluded {
                         identifier: StoredIdent::from(ident),
-                        reason: format!(
-                            "held by a {} entity; a {kind} never merges with it",
-                            owner.kind
-                        ),
+                        reason: format!("held by a {} entity; a {kind} never merges with it", owner.kind),
                     });
                 }
                 evidence.retain(|e| !other_kind.contains(e));
                 if evidence.is_empty() {
                     return Err(Error::new(
                         ErrorCode::FailedPrecondition,
-                        format!(
-                            "identifiers: every identifier belongs to an entity of another kind than {kind}"
-                        ),
+                        format!("identifiers: every identifier belongs to an entity of another kind than {kind}"),
                     ));
                 }
                 continue;
@@ -407,9 +359,7 @@ impl Graph {
                 None => break (owners, held),
                 Some(broken) => {
                     // Leave the least trusted identifier out of the evidence and try again.
-                    let dropped = evidence
-                        .pop()
-                        .expect("a broken limit needs two identifiers");
+                    let dropped = evidence.pop().expect("a broken limit needs two identifiers");
                     excluded.push(Excluded {
                         identifier: StoredIdent::from(&dropped),
                         reason: format!(
@@ -424,10 +374,7 @@ impl Graph {
         };
 
         let mut messages = Vec::new();
-        let mut resolved = Resolved {
-            excluded: excluded.clone(),
-            ..Default::default()
-        };
+        let mut resolved = Resolved { excluded: excluded.clone(), ..Default::default() };
         // The survivor is the oldest customer; it keeps its id.
         let survivor = match oldest(tx, &owners).await? {
             Some(id) => id,
@@ -440,16 +387,9 @@ impl Graph {
             }
         };
         for other in owners.iter().filter(|o| **o != survivor) {
-            let moved: Vec<StoredIdent> = held
-                .iter()
-                .filter(|h| &h.owner == other)
-                .map(|h| StoredIdent::from(&h.ident))
-                .collect();
-            let change = self
-                .merge(
-                    tx, &survivor, other, &evidence, moved, &excluded, &origin, now,
-                )
-                .await?;
+            let moved: Vec<StoredIdent> =
+                held.iter().filter(|h| &h.owner == other).map(|h| StoredIdent::from(&h.ident)).collect();
+            let change = self.merge(tx, &survivor, other, &evidence, moved, &excluded, &origin, now).await?;
             messages.push(self.events.merged(&change));
             resolved.merged.push(other.clone());
             resolved.merge_ids.push(change.id.clone());
@@ -522,9 +462,7 @@ impl Graph {
                 return false;
             }
             // Over the limit: only a problem if this call adds identifiers of the type or joins customers.
-            let adds = evidence
-                .iter()
-                .any(|e| e.id_type == *t && !known.contains_key(e));
+            let adds = evidence.iter().any(|e| e.id_type == *t && !known.contains_key(e));
             adds || !single_owner_unchanged
         })
     }
@@ -583,10 +521,8 @@ impl Graph {
 
     /// The customer's identifiers, aliases and recorded changes.
     pub async fn explain(&self, customer_id: &str) -> Result<Explained, Error> {
-        let id = self
-            .canonical(customer_id)
-            .await?
-            .ok_or_else(|| Error::not_found(format!("customer {customer_id}")))?;
+        let id =
+            self.canonical(customer_id).await?.ok_or_else(|| Error::not_found(format!("customer {customer_id}")))?;
         let (kind, created_at): (String, i64) = on_db!(&self.db, p => sqlx::query_as("SELECT kind, created_at FROM customers WHERE id = $1")
             .bind(&id).fetch_one(p).await?);
         let (identifiers, aliases, changes) = on_db!(&self.db, p => {
@@ -610,14 +546,7 @@ impl Graph {
             changes.dedup_by(|a, b| a.id == b.id);
             (identifiers, aliases, changes)
         });
-        Ok(Explained {
-            customer_id: id,
-            kind,
-            created_at,
-            identifiers,
-            aliases,
-            changes,
-        })
+        Ok(Explained { customer_id: id, kind, created_at, identifiers, aliases, changes })
     }
 
     /// Undoes a wrong merge. With `merge_id`, that merge is undone exactly: the merged-away customer gets
@@ -631,15 +560,11 @@ impl Graph {
         identifiers: Vec<Ident>,
         origin: Origin,
     ) -> Result<(String, GraphChange), Error> {
-        let id = self
-            .canonical(customer_id)
-            .await?
-            .ok_or_else(|| Error::not_found(format!("customer {customer_id}")))?;
+        let id =
+            self.canonical(customer_id).await?.ok_or_else(|| Error::not_found(format!("customer {customer_id}")))?;
         let merge_id = merge_id.map(str::to_string);
         let (_guard, mut tx) = self.begin_write().await?;
-        let (split, messages) = self
-            .split_in(&mut tx, id, merge_id, identifiers, origin)
-            .await?;
+        let (split, messages) = self.split_in(&mut tx, id, merge_id, identifiers, origin).await?;
         self.finish(tx, messages).await?;
         Ok(split)
     }
@@ -664,24 +589,15 @@ impl Graph {
         let wanted: BTreeSet<StoredIdent> = identifiers.iter().map(StoredIdent::from).collect();
         for (i, w) in identifiers.iter().enumerate() {
             if !held.iter().any(|h| &h.ident == w) {
-                return Err(Error::invalid(
-                    &format!("identifiers[{i}]"),
-                    format!("is not held by customer {id}"),
-                ));
+                return Err(Error::invalid(&format!("identifiers[{i}]"), format!("is not held by customer {id}")));
             }
         }
         let merge = match &merge_id {
             Some(m) => Some(merges.iter().find(|c| &c.id == m).cloned().ok_or_else(|| {
-                Error::new(
-                    ErrorCode::NotFound,
-                    format!("merge_id: no merge {m} into customer {id} that is not undone"),
-                )
+                Error::new(ErrorCode::NotFound, format!("merge_id: no merge {m} into customer {id} that is not undone"))
             })?),
             None if wanted.is_empty() => {
-                return Err(Error::invalid(
-                    "identifiers",
-                    "name the identifiers to split off, or give merge_id",
-                ));
+                return Err(Error::invalid("identifiers", "name the identifiers to split off, or give merge_id"));
             }
             None => merges
                 .iter()
@@ -694,10 +610,7 @@ impl Graph {
         let split_id = new_change_id();
         let (other, moving, revived_aliases) = match &merge {
             Some(m) => {
-                let other = m
-                    .other_id
-                    .clone()
-                    .expect("a merge names the merged customer");
+                let other = m.other_id.clone().expect("a merge names the merged customer");
                 let moving: Vec<Ident> = m
                     .evidence
                     .moved
@@ -728,9 +641,7 @@ impl Graph {
         if moving.len() == held.len() {
             return Err(Error::new(
                 ErrorCode::FailedPrecondition,
-                format!(
-                    "identifiers: splitting them off would leave customer {id} with no identifier"
-                ),
+                format!("identifiers: splitting them off would leave customer {id} with no identifier"),
             ));
         }
         for ident in &moving {
@@ -743,11 +654,7 @@ impl Graph {
             kind: "split".into(),
             customer_id: id.clone(),
             other_id: Some(other.clone()),
-            rule: if merge.is_some() {
-                "undo_merge".into()
-            } else {
-                "manual_split".into()
-            },
+            rule: if merge.is_some() { "undo_merge".into() } else { "manual_split".into() },
             origin,
             evidence: ChangeEvidence {
                 identifiers: identifiers.iter().map(StoredIdent::from).collect(),
@@ -767,10 +674,8 @@ impl Graph {
     /// Everything the graph holds about `customer_id` and its aliases, removed. Returns the customer id and
     /// how many rows went.
     pub async fn erase(&self, customer_id: &str) -> Result<(String, u64), Error> {
-        let id = self
-            .canonical(customer_id)
-            .await?
-            .ok_or_else(|| Error::not_found(format!("customer {customer_id}")))?;
+        let id =
+            self.canonical(customer_id).await?.ok_or_else(|| Error::not_found(format!("customer {customer_id}")))?;
         let (_guard, mut tx) = self.begin_write().await?;
         let t = &mut tx;
         let aliases: Vec<String> = on_tx!(t, c => sqlx::query_scalar("SELECT id FROM customers WHERE merged_into = $1")
@@ -798,10 +703,7 @@ async fn oldest(tx: &mut Tx, owners: &BTreeSet<String>) -> Result<Option<String>
     for owner in owners {
         let created: i64 = on_tx!(tx, t => sqlx::query_scalar("SELECT created_at FROM customers WHERE id = $1")
             .bind(owner).fetch_one(&mut **t).await?);
-        if best
-            .as_ref()
-            .is_none_or(|(c, id)| (created, owner) < (*c, id))
-        {
+        if best.as_ref().is_none_or(|(c, id)| (created, owner) < (*c, id)) {
             best = Some((created, owner.clone()));
         }
     }
@@ -834,10 +736,7 @@ where
         customer_id: r.try_get("customer_id")?,
         other_id: r.try_get("other_id")?,
         rule: r.try_get("rule")?,
-        origin: Origin {
-            source: r.try_get("source")?,
-            event_id: r.try_get("event_id")?,
-        },
+        origin: Origin { source: r.try_get("source")?, event_id: r.try_get("event_id")? },
         evidence: serde_json::from_str(&evidence).map_err(Error::internal)?,
         undone_by: r.try_get("undone_by")?,
         created_at: r.try_get("created_at")?,

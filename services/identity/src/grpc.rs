@@ -54,55 +54,32 @@ fn wire_type(t: IdType) -> common::IdentifierType {
 
 /// The wire form of a normalised identifier.
 pub fn to_wire(i: &Ident) -> common::Identifier {
-    common::Identifier {
-        r#type: wire_type(i.id_type) as i32,
-        value: i.value.clone(),
-        namespace: i.namespace.clone(),
-    }
+    common::Identifier { r#type: wire_type(i.id_type) as i32, value: i.value.clone(), namespace: i.namespace.clone() }
 }
 
 fn stored_to_wire(s: &StoredIdent) -> common::Identifier {
     match s.to_ident() {
         Some(i) => to_wire(&i),
-        None => common::Identifier {
-            r#type: 0,
-            value: s.value.clone(),
-            namespace: s.namespace.clone(),
-        },
+        None => common::Identifier { r#type: 0, value: s.value.clone(), namespace: s.namespace.clone() },
     }
 }
 
 /// Normalises the identifier at `field`; `Ok(None)` when it is a blocked placeholder.
-pub fn parse_identifier(
-    n: &Normalizer,
-    field: &str,
-    id: &common::Identifier,
-) -> Result<Option<Ident>, Error> {
-    let t = id_type_of(id.r#type).ok_or_else(|| {
-        Error::invalid(
-            &format!("{field}.type"),
-            "must be set to a known identifier type",
-        )
-    })?;
+pub fn parse_identifier(n: &Normalizer, field: &str, id: &common::Identifier) -> Result<Option<Ident>, Error> {
+    let t = id_type_of(id.r#type)
+        .ok_or_else(|| Error::invalid(&format!("{field}.type"), "must be set to a known identifier type"))?;
     match n.normalize(t, &id.namespace, &id.value) {
         Ok(i) => Ok(Some(i)),
         Err(Rejection::Blocked) => Ok(None),
         Err(Rejection::Invalid(problem)) if problem.starts_with("namespace") => {
-            Err(Error::invalid(
-                &format!("{field}.namespace"),
-                problem.trim_start_matches("namespace: "),
-            ))
+            Err(Error::invalid(&format!("{field}.namespace"), problem.trim_start_matches("namespace: ")))
         }
         Err(Rejection::Invalid(problem)) => Err(Error::invalid(&format!("{field}.value"), problem)),
     }
 }
 
 fn origin_of(p: Option<&common::Provenance>) -> Origin {
-    p.map(|p| Origin {
-        source: p.source.clone(),
-        event_id: p.source_record_id.clone(),
-    })
-    .unwrap_or_default()
+    p.map(|p| Origin { source: p.source.clone(), event_id: p.source_record_id.clone() }).unwrap_or_default()
 }
 
 fn change_to_wire(c: &GraphChange) -> pb::GraphChange {
@@ -173,9 +150,7 @@ fn customer_to_wire(e: &graph::Explained) -> pb::Customer {
 
 /// The name of the authenticated caller, for the audit log.
 fn caller<T>(request: &Request<T>) -> String {
-    rapport_auth::Principal::of(request)
-        .map(|p| p.name.clone())
-        .unwrap_or_else(|| "unknown".into())
+    rapport_auth::Principal::of(request).map(|p| p.name.clone()).unwrap_or_else(|| "unknown".into())
 }
 
 fn required_id<'a>(field: &str, id: &'a str) -> Result<&'a str, Error> {
@@ -190,66 +165,37 @@ fn required_id<'a>(field: &str, id: &'a str) -> Result<&'a str, Error> {
 }
 
 impl Identity {
-    async fn customer_of(
-        &self,
-        field: &str,
-        r: Option<&common::CustomerRef>,
-    ) -> Result<String, Error> {
+    async fn customer_of(&self, field: &str, r: Option<&common::CustomerRef>) -> Result<String, Error> {
         match r.and_then(|r| r.r#ref.as_ref()) {
             Some(common::customer_ref::Ref::CustomerId(id)) => {
                 let id = required_id(&format!("{field}.customer_id"), id)?;
-                self.graph
-                    .canonical(id)
-                    .await?
-                    .ok_or_else(|| Error::not_found(format!("customer {id}")))
+                self.graph.canonical(id).await?.ok_or_else(|| Error::not_found(format!("customer {id}")))
             }
             Some(common::customer_ref::Ref::Identifier(i)) => {
-                let ident = parse_identifier(&self.normalizer, &format!("{field}.identifier"), i)?
-                    .ok_or_else(|| {
-                        Error::invalid(
-                            &format!("{field}.identifier.value"),
-                            "is a blocked placeholder value",
-                        )
+                let ident =
+                    parse_identifier(&self.normalizer, &format!("{field}.identifier"), i)?.ok_or_else(|| {
+                        Error::invalid(&format!("{field}.identifier.value"), "is a blocked placeholder value")
                     })?;
-                self.graph
-                    .lookup(&ident)
-                    .await?
-                    .ok_or_else(|| Error::not_found("customer with this identifier"))
+                self.graph.lookup(&ident).await?.ok_or_else(|| Error::not_found("customer with this identifier"))
             }
-            None => Err(Error::invalid(
-                field,
-                "is required: a customer_id or an identifier",
-            )),
+            None => Err(Error::invalid(field, "is required: a customer_id or an identifier")),
         }
     }
 }
 
 #[tonic::async_trait]
 impl IdentityService for Identity {
-    async fn subscribe(
-        &self,
-        request: Request<common::SubscribeRequest>,
-    ) -> Result<Response<RecordStream>, Status> {
-        rapport_rpc::feed::subscribe(&self.outbox, request.into_inner(), &self.shutdown)
-            .map(Response::new)
+    async fn subscribe(&self, request: Request<common::SubscribeRequest>) -> Result<Response<RecordStream>, Status> {
+        rapport_rpc::feed::subscribe(&self.outbox, request.into_inner(), &self.shutdown).map(Response::new)
     }
 
-    async fn resolve(
-        &self,
-        request: Request<pb::ResolveRequest>,
-    ) -> Result<Response<pb::ResolveResponse>, Status> {
+    async fn resolve(&self, request: Request<pb::ResolveRequest>) -> Result<Response<pb::ResolveResponse>, Status> {
         let request = request.into_inner();
         if request.identifiers.is_empty() {
-            return Err(
-                Error::invalid("identifiers", "at least one identifier is required").into(),
-            );
+            return Err(Error::invalid("identifiers", "at least one identifier is required").into());
         }
         if request.identifiers.len() > MAX_IDENTIFIERS {
-            return Err(Error::invalid(
-                "identifiers",
-                format!("at most {MAX_IDENTIFIERS} per call"),
-            )
-            .into());
+            return Err(Error::invalid("identifiers", format!("at most {MAX_IDENTIFIERS} per call")).into());
         }
         let mut idents = Vec::with_capacity(request.identifiers.len());
         let mut ignored = Vec::new();
@@ -266,10 +212,7 @@ impl IdentityService for Identity {
             )
             .into());
         }
-        let resolved = self
-            .graph
-            .resolve(idents, origin_of(request.provenance.as_ref()))
-            .await?;
+        let resolved = self.graph.resolve(idents, origin_of(request.provenance.as_ref())).await?;
         Ok(Response::new(pb::ResolveResponse {
             customer_id: resolved.customer_id,
             created: resolved.created,
@@ -289,39 +232,24 @@ impl IdentityService for Identity {
         }))
     }
 
-    async fn lookup(
-        &self,
-        request: Request<pb::LookupRequest>,
-    ) -> Result<Response<pb::LookupResponse>, Status> {
+    async fn lookup(&self, request: Request<pb::LookupRequest>) -> Result<Response<pb::LookupResponse>, Status> {
         let request = request.into_inner();
-        let id = request
-            .identifier
-            .as_ref()
-            .ok_or_else(|| Error::invalid("identifier", "is required"))?;
+        let id = request.identifier.as_ref().ok_or_else(|| Error::invalid("identifier", "is required"))?;
         let ident = parse_identifier(&self.normalizer, "identifier", id)?
             .ok_or_else(|| Error::invalid("identifier.value", "is a blocked placeholder value"))?;
-        let customer_id = self
-            .graph
-            .lookup(&ident)
-            .await?
-            .ok_or_else(|| Error::not_found("customer with this identifier"))?;
+        let customer_id =
+            self.graph.lookup(&ident).await?.ok_or_else(|| Error::not_found("customer with this identifier"))?;
         Ok(Response::new(pb::LookupResponse { customer_id }))
     }
 
-    async fn get_customer(
-        &self,
-        request: Request<pb::GetCustomerRequest>,
-    ) -> Result<Response<pb::Customer>, Status> {
+    async fn get_customer(&self, request: Request<pb::GetCustomerRequest>) -> Result<Response<pb::Customer>, Status> {
         let request = request.into_inner();
         let id = required_id("customer_id", &request.customer_id)?;
         let explained = self.graph.explain(id).await?;
         Ok(Response::new(customer_to_wire(&explained)))
     }
 
-    async fn explain(
-        &self,
-        request: Request<pb::ExplainRequest>,
-    ) -> Result<Response<pb::ExplainResponse>, Status> {
+    async fn explain(&self, request: Request<pb::ExplainRequest>) -> Result<Response<pb::ExplainResponse>, Status> {
         let request = request.into_inner();
         let id = required_id("customer_id", &request.customer_id)?;
         let explained = self.graph.explain(id).await?;
@@ -332,40 +260,25 @@ impl IdentityService for Identity {
         }))
     }
 
-    async fn split(
-        &self,
-        request: Request<pb::SplitRequest>,
-    ) -> Result<Response<pb::SplitResponse>, Status> {
+    async fn split(&self, request: Request<pb::SplitRequest>) -> Result<Response<pb::SplitResponse>, Status> {
         let request = request.into_inner();
         let id = required_id("customer_id", &request.customer_id)?;
         let provenance = request.provenance.as_ref();
         if provenance.is_none_or(|p| p.source.trim().is_empty()) {
-            return Err(Error::invalid(
-                "provenance.source",
-                "is required: who asked for the split",
-            )
-            .into());
+            return Err(Error::invalid("provenance.source", "is required: who asked for the split").into());
         }
         let merge_id = Some(request.merge_id.trim()).filter(|m| !m.is_empty());
         if merge_id.is_some() && !request.identifiers.is_empty() {
-            return Err(Error::invalid(
-                "identifiers",
-                "give either merge_id or identifiers, not both",
-            )
-            .into());
+            return Err(Error::invalid("identifiers", "give either merge_id or identifiers, not both").into());
         }
         let mut idents = Vec::new();
         for (i, w) in request.identifiers.iter().enumerate() {
             let field = format!("identifiers[{i}]");
-            let ident = parse_identifier(&self.normalizer, &field, w)?.ok_or_else(|| {
-                Error::invalid(&format!("{field}.value"), "is a blocked placeholder value")
-            })?;
+            let ident = parse_identifier(&self.normalizer, &field, w)?
+                .ok_or_else(|| Error::invalid(&format!("{field}.value"), "is a blocked placeholder value"))?;
             idents.push(ident);
         }
-        let (split_id, change) = self
-            .graph
-            .split(id, merge_id, idents, origin_of(provenance))
-            .await?;
+        let (split_id, change) = self.graph.split(id, merge_id, idents, origin_of(provenance)).await?;
         Ok(Response::new(pb::SplitResponse {
             customer_id: change.customer_id.clone(),
             split_customer_id: split_id,
@@ -379,18 +292,9 @@ impl IdentityService for Identity {
     ) -> Result<Response<common::ExportCustomerResponse>, Status> {
         let caller = caller(&request);
         let request = request.into_inner();
-        let id = self
-            .customer_of("customer", request.customer.as_ref())
-            .await?;
+        let id = self.customer_of("customer", request.customer.as_ref()).await?;
         let explained = self.graph.explain(&id).await?;
-        rapport_storage::Audit::record(
-            self.graph.db(),
-            &caller,
-            "customer.export",
-            &id,
-            "identity graph",
-        )
-        .await?;
+        rapport_storage::Audit::record(self.graph.db(), &caller, "customer.export", &id, "identity graph").await?;
         let json = serde_json::json!({
             "customer_id": explained.customer_id,
             "kind": explained.kind,
@@ -410,10 +314,7 @@ impl IdentityService for Identity {
                 "evidence": c.evidence, "created_at_ms": c.created_at,
             })).collect::<Vec<_>>(),
         });
-        Ok(Response::new(common::ExportCustomerResponse {
-            customer_id: id,
-            data: Some(json_to_struct(json)),
-        }))
+        Ok(Response::new(common::ExportCustomerResponse { customer_id: id, data: Some(json_to_struct(json)) }))
     }
 
     async fn erase_customer(
@@ -425,28 +326,19 @@ impl IdentityService for Identity {
         if request.reason.trim().is_empty() {
             return Err(Error::invalid("reason", "is required for the audit log").into());
         }
-        let id = self
-            .customer_of("customer", request.customer.as_ref())
-            .await?;
+        let id = self.customer_of("customer", request.customer.as_ref()).await?;
         let (_, erased) = self.graph.erase(&id).await?;
         let detail = format!("{erased} rows; reason: {}", request.reason.trim());
-        rapport_storage::Audit::record(self.graph.db(), &caller, "customer.erase", &id, &detail)
-            .await?;
+        rapport_storage::Audit::record(self.graph.db(), &caller, "customer.erase", &id, &detail).await?;
         tracing::info!(customer_id = %id, rows = erased, "customer erased from the identity graph");
-        Ok(Response::new(common::EraseCustomerResponse {
-            records_erased: erased as i64,
-        }))
+        Ok(Response::new(common::EraseCustomerResponse { records_erased: erased as i64 }))
     }
 }
 
 pub use rapport_rpc::convert::json_to_struct;
 
 fn provenance(o: &Origin) -> common::Provenance {
-    common::Provenance {
-        source: o.source.clone(),
-        source_record_id: o.event_id.clone(),
-        actor: String::new(),
-    }
+    common::Provenance { source: o.source.clone(), source_record_id: o.event_id.clone(), actor: String::new() }
 }
 
 /// Outbox payloads as the protobuf events of the contract.

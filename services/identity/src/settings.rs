@@ -37,17 +37,9 @@ impl Default for IdentitySettings {
             limits: BTreeMap::from([("user_id".to_string(), 1)]),
             default_limit: 5,
             limit_window_days: 0,
-            priority: [
-                "user_id",
-                "loyalty_id",
-                "external",
-                "email",
-                "phone",
-                "device_id",
-                "anonymous_id",
-            ]
-            .map(String::from)
-            .to_vec(),
+            priority: ["user_id", "loyalty_id", "external", "email", "phone", "device_id", "anonymous_id"]
+                .map(String::from)
+                .to_vec(),
         }
     }
 }
@@ -55,11 +47,7 @@ impl Default for IdentitySettings {
 impl IdentitySettings {
     /// Checks the values that serde cannot, naming the key.
     pub fn validate(&self) -> Result<(), String> {
-        if self
-            .phone_default_region
-            .parse::<phonenumber::country::Id>()
-            .is_err()
-        {
+        if self.phone_default_region.parse::<phonenumber::country::Id>().is_err() {
             return Err(format!(
                 "identity.phone_default_region: `{}` is not an ISO 3166 region code",
                 self.phone_default_region
@@ -69,8 +57,7 @@ impl IdentitySettings {
             regex::Regex::new(p).map_err(|e| format!("identity.blocked_patterns[{i}]: {e}"))?;
         }
         for (name, limit) in &self.limits {
-            IdType::from_name(name)
-                .ok_or_else(|| format!("identity.limits.{name}: unknown identifier type"))?;
+            IdType::from_name(name).ok_or_else(|| format!("identity.limits.{name}: unknown identifier type"))?;
             if *limit == 0 {
                 return Err(format!("identity.limits.{name}: must be at least 1"));
             }
@@ -79,26 +66,19 @@ impl IdentitySettings {
             return Err("identity.default_limit: must be at least 1".into());
         }
         for (i, name) in self.priority.iter().enumerate() {
-            IdType::from_name(name).ok_or_else(|| {
-                format!("identity.priority[{i}]: unknown identifier type `{name}`")
-            })?;
+            IdType::from_name(name)
+                .ok_or_else(|| format!("identity.priority[{i}]: unknown identifier type `{name}`"))?;
         }
         Ok(())
     }
 
     /// The most identifiers of `t` one customer may hold.
     pub fn limit_of(&self, t: IdType) -> u32 {
-        self.limits
-            .get(t.name())
-            .copied()
-            .unwrap_or(self.default_limit)
+        self.limits.get(t.name()).copied().unwrap_or(self.default_limit)
     }
 
     /// The rank of `t` in the priority order: 0 is the most trusted; unlisted types rank last.
     pub fn rank_of(&self, t: IdType) -> usize {
-        self.priority
-            .iter()
-            .position(|p| p == t.name())
-            .unwrap_or(self.priority.len())
+        self.priority.iter().position(|p| p == t.name()).unwrap_or(self.priority.len())
     }
 }

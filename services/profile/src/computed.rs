@@ -128,18 +128,10 @@ fn items(properties: &Value) -> Vec<CartItem> {
         .map(|a| {
             a.iter()
                 .map(|i| CartItem {
-                    sku: i
-                        .get("sku")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
+                    sku: i.get("sku").and_then(Value::as_str).unwrap_or_default().to_string(),
                     quantity: i.get("quantity").and_then(Value::as_i64).unwrap_or(1),
                     price_minor: i.get("price_minor").and_then(Value::as_i64).unwrap_or(0),
-                    category: i
-                        .get("category")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string(),
+                    category: i.get("category").and_then(Value::as_str).unwrap_or_default().to_string(),
                 })
                 .collect()
         })
@@ -147,14 +139,8 @@ fn items(properties: &Value) -> Vec<CartItem> {
 }
 
 /// Business relationship stages in order; a later stage is never replaced by an earlier one.
-pub const B2B_STAGES: [&str; 6] = [
-    "no_relationship",
-    "key_player_known",
-    "early_dialogue",
-    "mid_dialogue",
-    "late_dialogue",
-    "handed_to_sales",
-];
+pub const B2B_STAGES: [&str; 6] =
+    ["no_relationship", "key_player_known", "early_dialogue", "mid_dialogue", "late_dialogue", "handed_to_sales"];
 
 impl Computed {
     /// Applies one event. Events may arrive out of order: order counts and sums are order-independent;
@@ -173,34 +159,18 @@ impl Computed {
         };
         if engagement_weight > 0.0 {
             let now = self.engagement_at.max(t);
-            self.engagement = decay(
-                self.engagement,
-                self.engagement_at,
-                now,
-                s.decay_half_life_days,
-            ) + decay(engagement_weight, t, now, s.decay_half_life_days);
+            self.engagement = decay(self.engagement, self.engagement_at, now, s.decay_half_life_days)
+                + decay(engagement_weight, t, now, s.decay_half_life_days);
             self.engagement_at = now;
             if !e.channel.is_empty() {
-                *self
-                    .channel_engagement
-                    .entry(e.channel.to_string())
-                    .or_default() += engagement_weight;
+                *self.channel_engagement.entry(e.channel.to_string()).or_default() += engagement_weight;
             }
         }
         match e.name {
             "order_completed" => {
                 self.order_count += 1;
-                let revenue = e
-                    .properties
-                    .get("revenue_minor")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0);
-                let currency = e
-                    .properties
-                    .get("currency")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_uppercase();
+                let revenue = e.properties.get("revenue_minor").and_then(Value::as_i64).unwrap_or(0);
+                let currency = e.properties.get("currency").and_then(Value::as_str).unwrap_or_default().to_uppercase();
                 if self.currency.is_empty() {
                     self.currency = currency.clone();
                 }
@@ -225,18 +195,10 @@ impl Computed {
                 if self.open_cart.as_ref().is_none_or(|c| c.updated_at <= t) {
                     let items = items(e.properties);
                     let value = items.iter().map(|i| i.price_minor * i.quantity).sum();
-                    let currency = e
-                        .properties
-                        .get("currency")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_uppercase();
-                    self.open_cart = (!items.is_empty()).then_some(OpenCart {
-                        items,
-                        value_minor: value,
-                        currency,
-                        updated_at: t,
-                    });
+                    let currency =
+                        e.properties.get("currency").and_then(Value::as_str).unwrap_or_default().to_uppercase();
+                    self.open_cart =
+                        (!items.is_empty()).then_some(OpenCart { items, value_minor: value, currency, updated_at: t });
                 }
             }
             "product_viewed" => {
@@ -247,9 +209,7 @@ impl Computed {
             "b2b_stage_changed" => {
                 if let Some(stage) = e.properties.get("stage").and_then(Value::as_str) {
                     let rank = |x: &str| B2B_STAGES.iter().position(|s| *s == x);
-                    if rank(stage).is_some()
-                        && rank(stage) > self.b2b_stage.as_deref().and_then(rank)
-                    {
+                    if rank(stage).is_some() && rank(stage) > self.b2b_stage.as_deref().and_then(rank) {
                         self.b2b_stage = Some(stage.to_string());
                     }
                 }
@@ -260,28 +220,16 @@ impl Computed {
 
     /// Scores and stages as of `now`.
     pub fn derive(&self, now: i64, s: &ComputedSettings) -> Derived {
-        let aov = if self.order_count > 0 {
-            self.total_revenue_minor / self.order_count
-        } else {
-            0
-        };
+        let aov = if self.order_count > 0 { self.total_revenue_minor / self.order_count } else { 0 };
         let days_since = self.last_order_at.map(|l| (now - l).max(0) / DAY_MS);
         let recency_score = match days_since {
             None => 0,
             Some(d) => 5 - s.recency_days.iter().filter(|b| d > **b).count() as i32,
         };
-        let bucket =
-            |v: i64, bounds: &[i64; 4]| 1 + bounds.iter().filter(|b| v >= **b).count() as i32;
-        let frequency_score = if self.order_count == 0 {
-            0
-        } else {
-            bucket(self.order_count, &s.frequency_orders)
-        };
-        let monetary_score = if self.order_count == 0 {
-            0
-        } else {
-            bucket(self.total_revenue_minor, &s.monetary_minor)
-        };
+        let bucket = |v: i64, bounds: &[i64; 4]| 1 + bounds.iter().filter(|b| v >= **b).count() as i32;
+        let frequency_score = if self.order_count == 0 { 0 } else { bucket(self.order_count, &s.frequency_orders) };
+        let monetary_score =
+            if self.order_count == 0 { 0 } else { bucket(self.total_revenue_minor, &s.monetary_minor) };
         let lifetime_value_minor = match self.first_order_at {
             Some(first) if self.order_count > 0 => {
                 let years = ((now - first) as f64 / (365.0 * DAY_MS as f64)).max(1.0 / 12.0);
@@ -290,12 +238,7 @@ impl Computed {
             }
             _ => 0,
         };
-        let engagement_score = decay(
-            self.engagement,
-            self.engagement_at,
-            now,
-            s.decay_half_life_days,
-        );
+        let engagement_score = decay(self.engagement, self.engagement_at, now, s.decay_half_life_days);
         let preferred_channel = self
             .channel_engagement
             .iter()
@@ -304,11 +247,7 @@ impl Computed {
             .unwrap_or_default();
         let mut interests: Vec<_> = self.interests.iter().collect();
         interests.sort_by(|a, b| b.1.total_cmp(a.1).then_with(|| a.0.cmp(b.0)));
-        let top_interests = interests
-            .into_iter()
-            .take(5)
-            .map(|(c, _)| c.clone())
-            .collect();
+        let top_interests = interests.into_iter().take(5).map(|(c, _)| c.clone()).collect();
         let lifecycle_stage = if let Some(stage) = &self.b2b_stage {
             stage.clone()
         } else {
@@ -343,30 +282,13 @@ impl Computed {
             self.other_currency_orders += other.order_count;
         }
         self.other_currency_orders += other.other_currency_orders;
-        self.first_order_at = [self.first_order_at, other.first_order_at]
-            .into_iter()
-            .flatten()
-            .min();
-        self.last_order_at = [self.last_order_at, other.last_order_at]
-            .into_iter()
-            .flatten()
-            .max();
+        self.first_order_at = [self.first_order_at, other.first_order_at].into_iter().flatten().min();
+        self.last_order_at = [self.last_order_at, other.last_order_at].into_iter().flatten().max();
         let now = self.engagement_at.max(other.engagement_at);
-        self.engagement = decay(
-            self.engagement,
-            self.engagement_at,
-            now,
-            s.decay_half_life_days,
-        ) + decay(
-            other.engagement,
-            other.engagement_at,
-            now,
-            s.decay_half_life_days,
-        );
+        self.engagement = decay(self.engagement, self.engagement_at, now, s.decay_half_life_days)
+            + decay(other.engagement, other.engagement_at, now, s.decay_half_life_days);
         self.engagement_at = now;
-        if other.open_cart.as_ref().map(|c| c.updated_at)
-            > self.open_cart.as_ref().map(|c| c.updated_at)
-        {
+        if other.open_cart.as_ref().map(|c| c.updated_at) > self.open_cart.as_ref().map(|c| c.updated_at) {
             self.open_cart = other.open_cart.clone();
         }
         for (k, v) in &other.interests {
@@ -375,10 +297,7 @@ impl Computed {
         for (k, v) in &other.channel_engagement {
             *self.channel_engagement.entry(k.clone()).or_default() += v;
         }
-        let rank = |x: &Option<String>| {
-            x.as_deref()
-                .and_then(|x| B2B_STAGES.iter().position(|s| *s == x))
-        };
+        let rank = |x: &Option<String>| x.as_deref().and_then(|x| B2B_STAGES.iter().position(|s| *s == x));
         if rank(&other.b2b_stage) > rank(&self.b2b_stage) {
             self.b2b_stage = other.b2b_stage.clone();
         }
@@ -392,12 +311,7 @@ mod tests {
     use serde_json::json;
 
     fn ev<'a>(name: &'a str, at_day: i64, p: &'a Value) -> EventView<'a> {
-        EventView {
-            name,
-            occurred_at: at_day * DAY_MS,
-            properties: p,
-            channel: "email",
-        }
+        EventView { name, occurred_at: at_day * DAY_MS, properties: p, channel: "email" }
     }
 
     #[test]
@@ -410,10 +324,7 @@ mod tests {
         assert_eq!(c.derive(101 * DAY_MS, &s).lifecycle_stage, "first_purchase");
         c.apply(&ev("order_completed", 110, &o2), &s);
         let d = c.derive(120 * DAY_MS, &s);
-        assert_eq!(
-            (c.order_count, c.total_revenue_minor, c.currency.as_str()),
-            (2, 40_000, "EUR")
-        );
+        assert_eq!((c.order_count, c.total_revenue_minor, c.currency.as_str()), (2, 40_000, "EUR"));
         assert_eq!(d.average_order_value_minor, 20_000);
         assert_eq!(d.lifecycle_stage, "repeat");
         assert_eq!(d.recency_score, 5);
@@ -422,32 +333,21 @@ mod tests {
         assert_eq!(d.top_interests, vec!["shoes"]);
         assert!(d.lifetime_value_minor > 0);
         assert_eq!(c.derive((110 + 200) * DAY_MS, &s).lifecycle_stage, "lapsed");
-        assert_eq!(
-            c.derive((110 + 400) * DAY_MS, &s).lifecycle_stage,
-            "churned"
-        );
+        assert_eq!(c.derive((110 + 400) * DAY_MS, &s).lifecycle_stage, "churned");
     }
 
     #[test]
     fn cart_opens_and_an_order_closes_it_even_out_of_order() {
         let s = ComputedSettings::default();
         let mut c = Computed::default();
-        let cart =
-            json!({"currency": "EUR", "items": [{"sku": "a", "quantity": 2, "price_minor": 1500}]});
+        let cart = json!({"currency": "EUR", "items": [{"sku": "a", "quantity": 2, "price_minor": 1500}]});
         c.apply(&ev("cart_updated", 10, &cart), &s);
         assert_eq!(c.open_cart.as_ref().unwrap().value_minor, 3000);
         // An older cart update arriving late does not replace the newer cart.
         let old = json!({"items": [{"sku": "b", "price_minor": 1}]});
         c.apply(&ev("cart_updated", 5, &old), &s);
         assert_eq!(c.open_cart.as_ref().unwrap().items[0].sku, "a");
-        c.apply(
-            &ev(
-                "order_completed",
-                11,
-                &json!({"revenue_minor": 3000, "currency": "EUR"}),
-            ),
-            &s,
-        );
+        c.apply(&ev("order_completed", 11, &json!({"revenue_minor": 3000, "currency": "EUR"})), &s);
         assert!(c.open_cart.is_none());
     }
 
@@ -456,32 +356,12 @@ mod tests {
         let s = ComputedSettings::default();
         let mut c = Computed::default();
         let none = json!({});
-        c.apply(
-            &EventView {
-                name: "message_clicked",
-                occurred_at: 0,
-                properties: &none,
-                channel: "sms",
-            },
-            &s,
-        );
-        c.apply(
-            &EventView {
-                name: "message_opened",
-                occurred_at: 0,
-                properties: &none,
-                channel: "email",
-            },
-            &s,
-        );
+        c.apply(&EventView { name: "message_clicked", occurred_at: 0, properties: &none, channel: "sms" }, &s);
+        c.apply(&EventView { name: "message_opened", occurred_at: 0, properties: &none, channel: "email" }, &s);
         let d0 = c.derive(0, &s);
         let d30 = c.derive(30 * DAY_MS, &s);
         assert!((d0.engagement_score - 3.0).abs() < 1e-9);
-        assert!(
-            (d30.engagement_score - 1.5).abs() < 1e-9,
-            "{}",
-            d30.engagement_score
-        );
+        assert!((d30.engagement_score - 1.5).abs() < 1e-9, "{}", d30.engagement_score);
         assert_eq!(d0.preferred_channel, "sms");
         assert_eq!(d0.lifecycle_stage, "prospect");
     }
@@ -490,28 +370,12 @@ mod tests {
     fn b2b_stages_only_move_forward_and_merges_add_up() {
         let s = ComputedSettings::default();
         let mut a = Computed::default();
-        a.apply(
-            &ev("b2b_stage_changed", 1, &json!({"stage": "mid_dialogue"})),
-            &s,
-        );
-        a.apply(
-            &ev("b2b_stage_changed", 2, &json!({"stage": "early_dialogue"})),
-            &s,
-        );
+        a.apply(&ev("b2b_stage_changed", 1, &json!({"stage": "mid_dialogue"})), &s);
+        a.apply(&ev("b2b_stage_changed", 2, &json!({"stage": "early_dialogue"})), &s);
         assert_eq!(a.derive(3 * DAY_MS, &s).lifecycle_stage, "mid_dialogue");
         let mut b = Computed::default();
-        b.apply(
-            &ev(
-                "order_completed",
-                1,
-                &json!({"revenue_minor": 500, "currency": "EUR"}),
-            ),
-            &s,
-        );
-        b.apply(
-            &ev("b2b_stage_changed", 2, &json!({"stage": "handed_to_sales"})),
-            &s,
-        );
+        b.apply(&ev("order_completed", 1, &json!({"revenue_minor": 500, "currency": "EUR"})), &s);
+        b.apply(&ev("b2b_stage_changed", 2, &json!({"stage": "handed_to_sales"})), &s);
         a.absorb(&b, &s);
         assert_eq!(a.order_count, 1);
         assert_eq!(a.b2b_stage.as_deref(), Some("handed_to_sales"));

@@ -19,9 +19,7 @@ pub const CONSUMER: &str = "profile<-identity";
 
 /// The identity topics the profile store applies.
 pub fn topics() -> Vec<String> {
-    ["identity.merged", "identity.split", "identity.erased"]
-        .map(String::from)
-        .to_vec()
+    ["identity.merged", "identity.split", "identity.erased"].map(String::from).to_vec()
 }
 
 /// Applies identity's changes to the store.
@@ -32,10 +30,7 @@ pub struct FollowIdentity {
 }
 
 fn decode<M: Message + Default>(record: &OutboxRecord) -> Result<M, Error> {
-    let payload = record
-        .payload
-        .as_ref()
-        .ok_or_else(|| Error::internal("identity record without payload"))?;
+    let payload = record.payload.as_ref().ok_or_else(|| Error::internal("identity record without payload"))?;
     M::decode(payload.value.as_slice())
         .map_err(|e| Error::internal(format!("identity record {}: {e}", record.sequence)))
 }
@@ -57,26 +52,17 @@ fn touched(record: &OutboxRecord) -> Vec<String> {
 }
 
 impl FeedHandler for FollowIdentity {
-    fn apply<'a>(
-        &'a self,
-        tx: &'a mut Tx,
-        record: &'a OutboxRecord,
-    ) -> BoxFuture<'a, Result<(), Error>> {
+    fn apply<'a>(&'a self, tx: &'a mut Tx, record: &'a OutboxRecord) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
             match record.topic.as_str() {
                 "identity.merged" => {
                     let m: identity::CustomersMerged = decode(record)?;
-                    let messages = self
-                        .store
-                        .merge_in(tx, &m.survivor_customer_id, &m.merged_customer_id)
-                        .await?;
+                    let messages = self.store.merge_in(tx, &m.survivor_customer_id, &m.merged_customer_id).await?;
                     Outbox::append(tx, &messages).await?;
                 }
                 "identity.split" => {
                     let s: identity::CustomerSplit = decode(record)?;
-                    self.store
-                        .split_in(tx, &s.customer_id, &s.split_customer_id, &s.aliases)
-                        .await?;
+                    self.store.split_in(tx, &s.customer_id, &s.split_customer_id, &s.aliases).await?;
                 }
                 "identity.erased" => {
                     let e: identity::CustomerErased = decode(record)?;

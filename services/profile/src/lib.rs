@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 
 pub mod computed;
 pub mod follow;
+pub mod segments;
 pub mod store;
 
 /// The service's short name: its config section, database and schema.
@@ -23,15 +24,8 @@ pub async fn migrate(db: &Db) -> Result<(), rapport_storage::StorageError> {
 
 /// Builds the service on its migrated database.
 pub async fn mount(ctx: ServiceContext) -> anyhow::Result<Mounted> {
-    let service = Profile {
-        outbox: Outbox::new(ctx.db.clone()),
-        shutdown: ctx.shutdown.clone(),
-    };
-    Ok(Mounted::new(
-        NAME,
-        ctx.db.clone(),
-        ProfileServiceServer::new(service),
-    ))
+    let service = Profile { outbox: Outbox::new(ctx.db.clone()), shutdown: ctx.shutdown.clone() };
+    Ok(Mounted::new(NAME, ctx.db.clone(), ProfileServiceServer::new(service)))
 }
 
 struct Profile {
@@ -41,11 +35,7 @@ struct Profile {
 
 #[tonic::async_trait]
 impl ProfileService for Profile {
-    async fn subscribe(
-        &self,
-        request: Request<SubscribeRequest>,
-    ) -> Result<Response<RecordStream>, Status> {
-        rapport_rpc::feed::subscribe(&self.outbox, request.into_inner(), &self.shutdown)
-            .map(Response::new)
+    async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<RecordStream>, Status> {
+        rapport_rpc::feed::subscribe(&self.outbox, request.into_inner(), &self.shutdown).map(Response::new)
     }
 }

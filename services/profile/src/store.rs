@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::computed::{Computed, ComputedSettings, EventView};
+use crate::segments::Segments;
 
 /// The name of the timeline event an `Identify` call appends; replaying it rebuilds traits.
 pub const IDENTIFY_EVENT: &str = "identify";
@@ -77,18 +78,9 @@ impl Profile {
     /// Applies one event: computed traits, and traits for `identify` events. Returns the names of traits
     /// that changed.
     pub fn apply(&mut self, e: &NewEvent, source: &str, settings: &StoreSettings) -> Vec<String> {
-        let channel = e
-            .context
-            .get("channel")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let channel = e.context.get("channel").and_then(Value::as_str).unwrap_or_default();
         self.computed.apply(
-            &EventView {
-                name: &e.name,
-                occurred_at: e.occurred_at,
-                properties: &e.properties,
-                channel,
-            },
+            &EventView { name: &e.name, occurred_at: e.occurred_at, properties: &e.properties, channel },
             &settings.computed,
         );
         if e.name == IDENTIFY_EVENT
@@ -118,13 +110,7 @@ impl Profile {
                     changed.push(name.clone());
                 }
                 self.traits.insert(name.clone(), value.clone());
-                self.trait_meta.insert(
-                    name.clone(),
-                    TraitMeta {
-                        at,
-                        source: source.to_string(),
-                    },
-                );
+                self.trait_meta.insert(name.clone(), TraitMeta { at, source: source.to_string() });
             }
         }
         changed
@@ -133,10 +119,7 @@ impl Profile {
     /// Folds `other` (a customer identity merged into this one) into this profile.
     pub fn absorb(&mut self, other: &Profile, settings: &StoreSettings) {
         for (name, value) in &other.traits {
-            let meta = other.trait_meta.get(name).cloned().unwrap_or(TraitMeta {
-                at: 0,
-                source: String::new(),
-            });
+            let meta = other.trait_meta.get(name).cloned().unwrap_or(TraitMeta { at: 0, source: String::new() });
             let one = Map::from_iter([(name.clone(), value.clone())]);
             self.set_traits(&one, meta.at, &meta.source, settings);
         }
@@ -163,11 +146,7 @@ impl StoreSettings {
     /// Sort key of a trait value: listed sources outrank unlisted ones; then the newer value wins.
     fn rank(&self, source: &str, at: i64) -> (usize, i64) {
         let n = self.trait_source_priority.len();
-        let p = self
-            .trait_source_priority
-            .iter()
-            .position(|s| s == source)
-            .map_or(0, |i| n - i);
+        let p = self.trait_source_priority.iter().position(|s| s == source).map_or(0, |i| n - i);
         (p, at)
     }
 
@@ -191,6 +170,13 @@ pub trait ProfileEvents: Send + Sync {
     fn appended(&self, customer_id: &str, events: &[(i64, &NewEvent)]) -> Vec<OutboxMessage>;
     fn traits_changed(&self, profile: &Profile, names: &[String]) -> Vec<OutboxMessage>;
     fn merged(&self, survivor: &str, merged: &str) -> Vec<OutboxMessage>;
+    /// Segments entered and exited, as (segment id, name).
+    fn segments_changed(
+        &self,
+        customer_id: &str,
+        entered: &[(String, String)],
+        exited: &[(String, String)],
+    ) -> Vec<OutboxMessage>;
 }
 
 /// The profile store over one service database.
@@ -200,6 +186,7 @@ pub struct Store {
     outbox: Outbox,
     settings: Arc<StoreSettings>,
     events: Arc<dyn ProfileEvents>,
+    segments: Arc<Segments>,
 }
 
 fn to_json(v: &impl Serialize) -> Result<String, Error> {
@@ -242,12 +229,52 @@ impl Store {
         outbox: Outbox,
         settings: Arc<StoreSettings>,
         events: Arc<dyn ProfileEvents>,
+        segments: Arc<Segments>,
     ) -> Self {
-        Self {
-            db,
-            outbox,
-            settings,
-            events,
+        Self { db, outbox, settings, events, segments }
+    }
+
+    /// The segments.
+    pub fn segments(&self) -> &Segments {
+        &self.segments
+    }
+
+    /// Re-evaluates segments for `profile`, saves it and returns the outbox messages of the change.
+    async fn save_evaluated(&self, tx: &mut Tx, profile: &mut Profile, now: i64) -> Result<Vec<OutboxMessage>, Error> {
+        let (entered, exited) = self.segments.evaluate_in(tx, profile, now, &self.settings.computed).await?;
+        self.save(tx, profile).await?;
+        if entered.is_empty() && exited.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self.events.segments_changed(&profile.customer_id, &entered, &exited))
+    }
+
+    /// Re-evaluates every profile's segments (for rules that depend on time and for new or changed
+    /// segments), a page at a time. Returns how many profiles changed membership.
+    pub async fn reevaluate_all(&self, page: i64) -> Result<u64, Error> {
+        let mut after = String::new();
+        let mut changed = 0;
+        loop {
+            let ids: Vec<String> = on_db!(&self.db, p => sqlx::query_scalar(
+                "SELECT customer_id FROM profiles WHERE customer_id > $1 ORDER BY customer_id LIMIT $2",
+            ).bind(&after).bind(page).fetch_all(p).await?);
+            let Some(last) = ids.last().cloned() else { return Ok(changed) };
+            for id in ids {
+                let now = now_millis();
+                let mut tx = self.db.begin().await?;
+                let Some(mut profile) = on_tx!(&mut tx, t => load_profile!(&mut **t, &id)) else { continue };
+                let before = profile.segments.clone();
+                let (entered, exited) =
+                    self.segments.evaluate_in(&mut tx, &mut profile, now, &self.settings.computed).await?;
+                if profile.segments != before {
+                    changed += 1;
+                    self.save(&mut tx, &profile).await?;
+                    let messages = self.events.segments_changed(&id, &entered, &exited);
+                    Outbox::append(&mut tx, &messages).await?;
+                    self.outbox.commit(tx).await?;
+                }
+            }
+            after = last;
         }
     }
 
@@ -275,17 +302,12 @@ impl Store {
     }
 
     /// Stores `events` of one customer (already resolved) and updates the profile, in one transaction.
-    pub async fn append(
-        &self,
-        customer_id: &str,
-        events: &[NewEvent],
-        source: &str,
-    ) -> Result<Appended, Error> {
+    pub async fn append(&self, customer_id: &str, events: &[NewEvent], source: &str) -> Result<Appended, Error> {
         let id = self.canonical(customer_id).await?;
         let now = now_millis();
         let mut tx = self.db.begin().await?;
-        let mut profile = on_tx!(&mut tx, t => load_profile!(&mut **t, &id))
-            .unwrap_or_else(|| Profile::empty(&id, now));
+        let mut profile =
+            on_tx!(&mut tx, t => load_profile!(&mut **t, &id)).unwrap_or_else(|| Profile::empty(&id, now));
         let mut out = Appended::default();
         let mut appended = Vec::new();
         for e in events {
@@ -307,15 +329,13 @@ impl Store {
             }
         }
         if appended.is_empty() {
-            return Ok(Appended {
-                profile: Some(profile),
-                ..out
-            });
+            return Ok(Appended { profile: Some(profile), ..out });
         }
         profile.version += 1;
         profile.updated_at = now;
-        self.save(&mut tx, &profile).await?;
+        let segment_messages = self.save_evaluated(&mut tx, &mut profile, now).await?;
         let mut messages = self.events.appended(&id, &appended);
+        messages.extend(segment_messages);
         if !out.changed_traits.is_empty() {
             messages.extend(self.events.traits_changed(&profile, &out.changed_traits));
         }
@@ -389,12 +409,7 @@ impl Store {
 
     /// Applies identity's merge inside `tx` (the feed consumer's transaction): `merged`'s events move to
     /// `survivor`, its traits and computed traits are folded in, and its id becomes an alias.
-    pub async fn merge_in(
-        &self,
-        tx: &mut Tx,
-        survivor: &str,
-        merged: &str,
-    ) -> Result<Vec<OutboxMessage>, Error> {
+    pub async fn merge_in(&self, tx: &mut Tx, survivor: &str, merged: &str) -> Result<Vec<OutboxMessage>, Error> {
         let now = now_millis();
         let other = on_tx!(tx, t => load_profile!(&mut **t, merged));
         on_tx!(tx, t => sqlx::query("UPDATE events SET customer_id = $1 WHERE customer_id = $2")
@@ -406,27 +421,25 @@ impl Store {
              ON CONFLICT (customer_id) DO UPDATE SET survivor = excluded.survivor",
         ).bind(merged).bind(survivor).execute(&mut **t).await?.rows_affected());
         if let Some(other) = other {
-            let mut profile = on_tx!(tx, t => load_profile!(&mut **t, survivor))
-                .unwrap_or_else(|| Profile::empty(survivor, now));
+            let mut profile =
+                on_tx!(tx, t => load_profile!(&mut **t, survivor)).unwrap_or_else(|| Profile::empty(survivor, now));
             profile.absorb(&other, &self.settings);
             profile.version += 1;
             profile.updated_at = now;
-            self.save(tx, &profile).await?;
+            let mut messages = self.save_evaluated(tx, &mut profile, now).await?;
             on_tx!(tx, t => sqlx::query("DELETE FROM profiles WHERE customer_id = $1")
                 .bind(merged).execute(&mut **t).await?.rows_affected());
+            on_tx!(tx, t => sqlx::query("DELETE FROM segment_members WHERE customer_id = $1")
+                .bind(merged).execute(&mut **t).await?.rows_affected());
+            messages.extend(self.events.merged(survivor, merged));
+            return Ok(messages);
         }
         Ok(self.events.merged(survivor, merged))
     }
 
     /// Applies identity's split inside `tx`: the events first resolved to `split` (or to its `aliases`)
     /// move back to it, it stops being an alias, and both profiles are rebuilt from their timelines.
-    pub async fn split_in(
-        &self,
-        tx: &mut Tx,
-        customer: &str,
-        split: &str,
-        aliases: &[String],
-    ) -> Result<(), Error> {
+    pub async fn split_in(&self, tx: &mut Tx, customer: &str, split: &str, aliases: &[String]) -> Result<(), Error> {
         let mut origins = aliases.to_vec();
         origins.push(split.to_string());
         for origin in &origins {
@@ -455,23 +468,15 @@ impl Store {
         profile.version = old.as_ref().map_or(0, |o| o.version) + 1;
         for (message_id, name, occurred_at, properties, context) in rows {
             let context: Value = from_json(&context)?;
-            let source = context
-                .get("source")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let e = NewEvent {
-                message_id,
-                name,
-                occurred_at,
-                properties: from_json(&properties)?,
-                context,
-            };
+            let source = context.get("source").and_then(Value::as_str).unwrap_or_default().to_string();
+            let e = NewEvent { message_id, name, occurred_at, properties: from_json(&properties)?, context };
             profile.apply(&e, &source, &self.settings);
         }
         profile.segments = old.map(|o| o.segments).unwrap_or_default();
         profile.updated_at = now;
-        self.save(tx, &profile).await
+        let messages = self.save_evaluated(tx, &mut profile, now).await?;
+        Outbox::append(tx, &messages).await?;
+        Ok(())
     }
 
     /// Removes everything stored about `customer_id` and its aliases. Returns the rows removed.
@@ -484,12 +489,7 @@ impl Store {
     }
 
     /// Removes `customer_id`, the given `aliases` and every alias stored for it, inside `tx`.
-    pub async fn erase_in(
-        &self,
-        tx: &mut Tx,
-        customer_id: &str,
-        aliases: &[String],
-    ) -> Result<u64, Error> {
+    pub async fn erase_in(&self, tx: &mut Tx, customer_id: &str, aliases: &[String]) -> Result<u64, Error> {
         let mut everyone: Vec<String> = on_tx!(tx, c => sqlx::query_scalar("SELECT customer_id FROM profile_aliases WHERE survivor = $1")
             .bind(customer_id).fetch_all(&mut **c).await?);
         everyone.extend(aliases.iter().cloned());
@@ -501,6 +501,7 @@ impl Store {
             n += on_tx!(tx, c => sqlx::query("DELETE FROM events WHERE customer_id = $1").bind(who).execute(&mut **c).await?.rows_affected());
             n += on_tx!(tx, c => sqlx::query("DELETE FROM profiles WHERE customer_id = $1").bind(who).execute(&mut **c).await?.rows_affected());
             n += on_tx!(tx, c => sqlx::query("DELETE FROM profile_aliases WHERE customer_id = $1 OR survivor = $1").bind(who).execute(&mut **c).await?.rows_affected());
+            n += on_tx!(tx, c => sqlx::query("DELETE FROM segment_members WHERE customer_id = $1").bind(who).execute(&mut **c).await?.rows_affected());
         }
         Ok(n)
     }

@@ -114,13 +114,8 @@ where
             let latency = issued.elapsed().as_micros() as u64;
             drop(permit);
             if measured {
-                let _ = tx.send((
-                    result.is_ok(),
-                    latency,
-                    result
-                        .err()
-                        .map(|s| format!("{}: {}", s.code(), s.message())),
-                ));
+                let _ =
+                    tx.send((result.is_ok(), latency, result.err().map(|s| format!("{}: {}", s.code(), s.message()))));
             }
         });
         i += 1;
@@ -162,9 +157,7 @@ pub async fn resolve_load(
 ) -> LoadReport {
     use futures::FutureExt as _;
     use rapport_proto::common::v1::{Identifier, IdentifierType, Provenance};
-    use rapport_proto::identity::v1::{
-        ResolveRequest, identity_service_client::IdentityServiceClient,
-    };
+    use rapport_proto::identity::v1::{ResolveRequest, identity_service_client::IdentityServiceClient};
     let n = channels.len() as u64;
     let customers = customers.max(1);
     run(spec, move |i| {

@@ -5,9 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use rapport_config::{Overrides, Settings};
-use rapport_proto::common::v1::{
-    PingRequest, diagnostics_service_client::DiagnosticsServiceClient,
-};
+use rapport_proto::common::v1::{PingRequest, diagnostics_service_client::DiagnosticsServiceClient};
 
 /// Rapport: one-to-one marketing as five gRPC services.
 #[derive(Debug, Parser)]
@@ -107,12 +105,7 @@ fn load(
     grpc: Option<String>,
     http: Option<String>,
 ) -> anyhow::Result<Settings> {
-    let overrides = Overrides {
-        data_dir: config.data_dir.clone(),
-        grpc_listen: grpc,
-        http_listen: http,
-        services,
-    };
+    let overrides = Overrides { data_dir: config.data_dir.clone(), grpc_listen: grpc, http_listen: http, services };
     Ok(Settings::load(config.config.as_deref(), &overrides)?)
 }
 
@@ -134,28 +127,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let settings = load(
-        &args.config,
-        args.services,
-        args.grpc_listen,
-        args.http_listen,
-    )?;
+    let settings = load(&args.config, args.services, args.grpc_listen, args.http_listen)?;
     let _telemetry = rapport_telemetry::init(&settings.telemetry)?;
     let server = rapport::start(settings).await?;
     if server.admin_token_created {
-        println!(
-            "created an admin token in {} (the CLI uses it by default)",
-            server.admin_token_path.display()
-        );
+        println!("created an admin token in {} (the CLI uses it by default)", server.admin_token_path.display());
     } else {
         println!("admin token: {}", server.admin_token_path.display());
     }
-    println!(
-        "serving {} on grpc {} and http {}",
-        server.services.join(", "),
-        server.grpc_addr,
-        server.http_addr
-    );
+    println!("serving {} on grpc {} and http {}", server.services.join(", "), server.grpc_addr, server.http_addr);
     server.run_until_signal().await
 }
 
@@ -166,17 +146,12 @@ struct Target {
 
 fn target(args: &ClientArgs) -> anyhow::Result<Target> {
     let settings = load(&args.config, None, None, None)?;
-    let endpoint = args
-        .endpoint
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", settings.server.grpc_listen));
+    let endpoint = args.endpoint.clone().unwrap_or_else(|| format!("http://{}", settings.server.grpc_listen));
     let token = match &args.token {
         Some(t) => Some(t.clone()),
         None => {
             let path = rapport::services::admin_token_path(&settings);
-            std::fs::read_to_string(&path)
-                .ok()
-                .map(|t| t.trim().to_string())
+            std::fs::read_to_string(&path).ok().map(|t| t.trim().to_string())
         }
     };
     Ok(Target { endpoint, token })
@@ -193,27 +168,18 @@ async fn channel(endpoint: &str) -> anyhow::Result<tonic::transport::Channel> {
 
 async fn ping(args: ClientArgs) -> anyhow::Result<()> {
     let target = target(&args)?;
-    let token = target.token.context("no token: pass --token or RAPPORT_TOKEN, or run where the data directory holds admin.token")?;
+    let token = target
+        .token
+        .context("no token: pass --token or RAPPORT_TOKEN, or run where the data directory holds admin.token")?;
     let mut client = DiagnosticsServiceClient::new(channel(&target.endpoint).await?);
-    let mut request = tonic::Request::new(PingRequest {
-        payload: b"ping".to_vec(),
-    });
+    let mut request = tonic::Request::new(PingRequest { payload: b"ping".to_vec() });
     request.metadata_mut().insert(
         "authorization",
-        format!("Bearer {token}")
-            .parse()
-            .context("--token holds characters not allowed in a header")?,
+        format!("Bearer {token}").parse().context("--token holds characters not allowed in a header")?,
     );
     let start = std::time::Instant::now();
-    client
-        .ping(request)
-        .await
-        .map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?;
-    println!(
-        "pong from {} in {:.2} ms",
-        target.endpoint,
-        start.elapsed().as_secs_f64() * 1000.0
-    );
+    client.ping(request).await.map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?;
+    println!("pong from {} in {:.2} ms", target.endpoint, start.elapsed().as_secs_f64() * 1000.0);
     Ok(())
 }
 
@@ -229,12 +195,7 @@ async fn health(args: ClientArgs) -> anyhow::Result<()> {
         "rapport.decision.v1.DecisionService",
         "rapport.delivery.v1.DeliveryService",
     ] {
-        let status = match client
-            .check(HealthCheckRequest {
-                service: name.to_string(),
-            })
-            .await
-        {
+        let status = match client.check(HealthCheckRequest { service: name.to_string() }).await {
             Ok(r) => format!("{:?}", r.into_inner().status()),
             Err(s) if s.code() == tonic::Code::NotFound => "NOT_RUNNING_HERE".to_string(),
             Err(s) => {
@@ -261,10 +222,7 @@ fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     use futures::FutureExt as _;
     let target = target(&args.client)?;
-    let token: std::sync::Arc<str> = target
-        .token
-        .context("no token: pass --token or RAPPORT_TOKEN")?
-        .into();
+    let token: std::sync::Arc<str> = target.token.context("no token: pass --token or RAPPORT_TOKEN")?.into();
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {
         channels.push(channel(&target.endpoint).await?);
@@ -281,25 +239,13 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             rapport::bench::run(&spec, move |i| {
                 let mut client = DiagnosticsServiceClient::new(channels[(i % n) as usize].clone());
                 let token = token.clone();
-                async move {
-                    client
-                        .ping(bearer(PingRequest::default(), &token))
-                        .await
-                        .map(|_| ())
-                }
-                .boxed()
+                async move { client.ping(bearer(PingRequest::default(), &token)).await.map(|_| ()) }.boxed()
             })
             .await
         }
         _ => rapport::bench::resolve_load(&spec, channels, token, args.customers).await,
     };
-    println!(
-        "{}",
-        report.summary(&format!(
-            "{} at {}/s over {} connection(s)",
-            args.target, args.rate, n
-        ))
-    );
+    println!("{}", report.summary(&format!("{} at {}/s over {} connection(s)", args.target, args.rate, n)));
     if let Some(e) = &report.first_error {
         println!("first error: {e}");
     }

@@ -17,10 +17,7 @@ pub struct HttpState {
 impl HttpState {
     /// State for the services running here.
     pub fn new(dbs: Vec<(&'static str, Db)>) -> Self {
-        Self {
-            dbs: Arc::new(dbs),
-            metrics: prometheus(),
-        }
+        Self { dbs: Arc::new(dbs), metrics: prometheus() }
     }
 }
 
@@ -29,10 +26,7 @@ fn prometheus() -> Option<PrometheusHandle> {
     static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let buckets = [
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
-            ];
+            let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
             PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
                 .ok()?
@@ -62,31 +56,16 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
     if failing.is_empty() {
         (StatusCode::OK, "ready\n".to_string())
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "not ready: database of {} unreachable\n",
-                failing.join(", ")
-            ),
-        )
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: database of {} unreachable\n", failing.join(", ")))
     }
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     match &state.metrics {
-        Some(handle) => (
-            StatusCode::OK,
-            [(
-                axum::http::header::CONTENT_TYPE,
-                "text/plain; version=0.0.4",
-            )],
-            handle.render(),
-        )
-            .into_response(),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "metrics recorder unavailable\n",
-        )
-            .into_response(),
+        Some(handle) => {
+            (StatusCode::OK, [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render())
+                .into_response()
+        }
+        None => (StatusCode::SERVICE_UNAVAILABLE, "metrics recorder unavailable\n").into_response(),
     }
 }

@@ -46,14 +46,11 @@ pub struct Server {
 }
 
 async fn bind(key: &str, addr: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("{key}: cannot listen on {addr}: {e}"))
+    TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("{key}: cannot listen on {addr}: {e}"))
 }
 
 fn read_secret_file(key: &str, path: &str) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("{key}: cannot read {path}: {e}"))?;
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{key}: cannot read {path}: {e}"))?;
     let text = text.trim().to_string();
     if text.is_empty() {
         anyhow::bail!("{key}: {path} is empty");
@@ -66,9 +63,8 @@ fn read_secret_file(key: &str, path: &str) -> anyhow::Result<String> {
 pub async fn start(settings: Settings) -> anyhow::Result<Server> {
     let settings = Arc::new(settings);
     let data_dir = &settings.server.data_dir;
-    std::fs::create_dir_all(data_dir).map_err(|e| {
-        anyhow::anyhow!("server.data_dir: cannot create {}: {e}", data_dir.display())
-    })?;
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| anyhow::anyhow!("server.data_dir: cannot create {}: {e}", data_dir.display()))?;
 
     let admin_token_path = services::admin_token_path(&settings);
     let (admin_token, admin_token_created) = ensure_admin_token(&admin_token_path)?;
@@ -76,11 +72,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         "" => None,
         path => Some(read_secret_file("auth.jwt_hs256_secret_file", path)?),
     };
-    let auth = Arc::new(Authenticator::new(
-        &admin_token,
-        &settings.auth,
-        jwt_secret.as_deref().map(str::as_bytes),
-    )?);
+    let auth = Arc::new(Authenticator::new(&admin_token, &settings.auth, jwt_secret.as_deref().map(str::as_bytes))?);
 
     // Ports first, so that a port in use is reported before anything else happens.
     let grpc_listener = bind("server.grpc_listen", &settings.server.grpc_listen).await?;
@@ -105,12 +97,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         if let Some(addr) = settings.clients.address_of(name)
             && !enabled.contains(&name)
         {
-            let transport = remote_transport(
-                addr,
-                &client_token,
-                Duration::from_millis(settings.clients.timeout_ms),
-            )
-            .with_context(|| format!("clients.{name}"))?;
+            let transport = remote_transport(addr, &client_token, Duration::from_millis(settings.clients.timeout_ms))
+                .with_context(|| format!("clients.{name}"))?;
             clients.set(name, transport);
         }
     }
@@ -134,9 +122,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for m in &mounted {
-        health
-            .set_service_status(m.grpc_name, ServingStatus::Serving)
-            .await;
+        health.set_service_status(m.grpc_name, ServingStatus::Serving).await;
     }
     health.set_service_status("", ServingStatus::Serving).await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -167,21 +153,16 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         .tcp_nodelay(true)
         .layer(layers)
         .add_routes(routes.routes())
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(grpc_listener),
-            shutdown.clone().cancelled_owned(),
-        );
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), shutdown.clone().cancelled_owned());
 
-    let mut router = http_api::router(http_api::HttpState::new(
-        mounted.iter().map(|m| (m.name, m.db.clone())).collect(),
-    ));
+    let mut router =
+        http_api::router(http_api::HttpState::new(mounted.iter().map(|m| (m.name, m.db.clone())).collect()));
     for m in &mut mounted {
         if let Some(r) = m.http.take() {
             router = router.merge(r);
         }
     }
-    let http = axum::serve(http_listener, router)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let http = axum::serve(http_listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
 
     let mut background = Vec::new();
     for m in &mut mounted {
@@ -194,10 +175,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         let (grpc, http) = tokio::join!(grpc, async move { http.await });
         for task in background {
             // Background work watches the shutdown token; give it a moment to finish its item.
-            if tokio::time::timeout(Duration::from_secs(5), task)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
                 tracing::warn!("a background task did not stop within 5 s");
             }
         }
@@ -230,13 +208,9 @@ impl Server {
     /// Stops taking calls, lets in-flight calls finish within the grace period, and stops.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         for name in &self.grpc_names {
-            self.health
-                .set_service_status(*name, ServingStatus::NotServing)
-                .await;
+            self.health.set_service_status(*name, ServingStatus::NotServing).await;
         }
-        self.health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
+        self.health.set_service_status("", ServingStatus::NotServing).await;
         self.shutdown.cancel();
         let abort = self.task.abort_handle();
         match tokio::time::timeout(self.grace, self.task).await {

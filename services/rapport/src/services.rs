@@ -13,13 +13,7 @@ pub async fn open_db(settings: &Settings, service: &str) -> anyhow::Result<Db> {
         max_connections: settings.storage.max_connections,
         acquire_timeout: Duration::from_secs(settings.storage.acquire_timeout_seconds),
     };
-    let db = rapport_storage::connect(
-        settings.storage.url.expose(),
-        &settings.server.data_dir,
-        service,
-        &pool,
-    )
-    .await?;
+    let db = rapport_storage::connect(settings.storage.url.expose(), &settings.server.data_dir, service, &pool).await?;
     Ok(db)
 }
 

@@ -15,15 +15,8 @@ fn rapport(args: &[&str], env: &[(&str, &str)]) -> Output {
 
 fn fails_with(output: Output, expected: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !output.status.success(),
-        "expected a failure, got {:?}: {stderr}",
-        output.status
-    );
-    assert!(
-        stderr.contains(expected),
-        "stderr should name `{expected}`: {stderr}"
-    );
+    assert!(!output.status.success(), "expected a failure, got {:?}: {stderr}", output.status);
+    assert!(stderr.contains(expected), "stderr should name `{expected}`: {stderr}");
 }
 
 fn data_dir() -> tempfile::TempDir {
@@ -42,16 +35,8 @@ fn an_unknown_config_key_is_named() {
     let dir = data_dir();
     let file = dir.path().join("rapport.toml");
     std::fs::write(&file, "[server]\ngrpc_listn = \"127.0.0.1:1\"\n").unwrap();
-    let output = rapport(
-        &[
-            "serve",
-            "--config",
-            file.to_str().unwrap(),
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-        ],
-        &[],
-    );
+    let output =
+        rapport(&["serve", "--config", file.to_str().unwrap(), "--data-dir", dir.path().to_str().unwrap()], &[]);
     fails_with(output, "grpc_listn");
 }
 
@@ -68,16 +53,7 @@ fn a_bad_environment_value_is_named() {
 #[test]
 fn an_unknown_service_is_named() {
     let dir = data_dir();
-    let output = rapport(
-        &[
-            "serve",
-            "--services",
-            "consnt",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-        ],
-        &[],
-    );
+    let output = rapport(&["serve", "--services", "consnt", "--data-dir", dir.path().to_str().unwrap()], &[]);
     fails_with(output, "consnt");
 }
 
@@ -87,15 +63,7 @@ fn a_port_in_use_is_named() {
     let addr = taken.local_addr().unwrap().to_string();
     let dir = data_dir();
     let output = rapport(
-        &[
-            "serve",
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--grpc-listen",
-            &addr,
-            "--http-listen",
-            "127.0.0.1:0",
-        ],
+        &["serve", "--data-dir", dir.path().to_str().unwrap(), "--grpc-listen", &addr, "--http-listen", "127.0.0.1:0"],
         &[],
     );
     fails_with(output, "server.grpc_listen");
@@ -115,10 +83,7 @@ fn an_unreachable_database_is_named() {
             "127.0.0.1:0",
         ],
         &[
-            (
-                "RAPPORT__STORAGE__URL",
-                "postgres://postgres@127.0.0.1:1/test",
-            ),
+            ("RAPPORT__STORAGE__URL", "postgres://postgres@127.0.0.1:1/test"),
             ("RAPPORT__STORAGE__ACQUIRE_TIMEOUT_SECONDS", "2"),
         ],
     );
@@ -146,48 +111,30 @@ fn serve_creates_an_admin_token_and_stops_cleanly_on_sigterm() {
     let token = dir.path().join("admin.token");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !token.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no admin token after 60 s"
-        );
+        assert!(std::time::Instant::now() < deadline, "no admin token after 60 s");
         std::thread::sleep(Duration::from_millis(50));
     }
     // Give the listeners a moment, then ask it to stop.
     std::thread::sleep(Duration::from_millis(500));
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still running 30 s after SIGTERM"
-        );
+        assert!(std::time::Instant::now() < deadline, "still running 30 s after SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     };
     let output = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "{stdout} {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_eq!(status.code(), Some(0), "{stdout} {}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("created an admin token in"), "{stdout}");
     assert!(stdout.contains(&token.display().to_string()), "{stdout}");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&token).unwrap().permissions().mode();
-        assert_eq!(
-            mode & 0o077,
-            0,
-            "the admin token is readable by others: {mode:o}"
-        );
+        assert_eq!(mode & 0o077, 0, "the admin token is readable by others: {mode:o}");
     }
 }

@@ -32,3 +32,21 @@ CREATE TABLE profile_aliases (
     survivor    TEXT NOT NULL
 );
 CREATE INDEX profile_aliases_survivor ON profile_aliases (survivor);
+
+-- Segments: a CEL rule over the profile; membership kept up to date on every change.
+CREATE TABLE segments (
+    id          TEXT PRIMARY KEY,
+    name        TEXT   NOT NULL UNIQUE,
+    rule        TEXT   NOT NULL,
+    description TEXT   NOT NULL DEFAULT '',
+    created_at  BIGINT NOT NULL,
+    updated_at  BIGINT NOT NULL
+);
+
+CREATE TABLE segment_members (
+    segment_id  TEXT   NOT NULL,
+    customer_id TEXT   NOT NULL,
+    since       BIGINT NOT NULL,
+    PRIMARY KEY (segment_id, customer_id)
+);
+CREATE INDEX segment_members_customer ON segment_members (customer_id);
