@@ -219,6 +219,29 @@ impl Cache {
         }
     }
 
+    /// Reads a versioned entry: the current version of `key` and the value cached for that version.
+    /// `None` when the cache cannot be used (Redis unreachable): the caller reads its database.
+    ///
+    /// Versioned entries make invalidation safe against a concurrent reader: a reader that loaded the
+    /// old value before a change stores it under the old version, which no later reader asks for,
+    /// because [`Cache::bump_version`] moved the version on after the change committed.
+    pub async fn get_versioned(&self, key: &str) -> Option<(i64, Option<Bytes>)> {
+        let version = self.counter(&format!("{key}#v")).await.ok()?;
+        let value = self.get(&format!("{key}@{version}")).await;
+        Some((version, value))
+    }
+
+    /// Caches `value` as `key` at `version` (as read by [`Cache::get_versioned`]).
+    pub async fn set_versioned(&self, key: &str, version: i64, value: Bytes, ttl: Duration) {
+        self.set(&format!("{key}@{version}"), value, ttl).await;
+    }
+
+    /// Moves `key` to a new version after its source changed; the version is kept for `window` after
+    /// the last change, which must be longer than the TTL of the entries.
+    pub async fn bump_version(&self, key: &str, window: Duration) -> Result<(), CacheError> {
+        self.incr_window(&format!("{key}#v"), 1, window).await.map(|_| ())
+    }
+
     /// Sets `key` only if it does not exist, for `ttl`; true when this call set it (idempotency keys).
     pub async fn set_if_absent(&self, key: &str, ttl: Duration) -> Result<bool, CacheError> {
         match &self.0 {

@@ -87,3 +87,20 @@ async fn unreachable_redis_fails_at_start_up() {
     .unwrap_err();
     assert!(err.to_string().contains("redis"), "{err}");
 }
+
+#[tokio::test]
+async fn a_reader_that_loaded_before_a_change_cannot_cache_the_old_value() {
+    let cache = cache().await;
+    let key = format!("versioned-{}", std::process::id());
+    let (v0, none) = cache.get_versioned(&key).await.expect("cache usable");
+    assert!(none.is_none());
+    // A reader loads the old value, then the source changes and bumps the version...
+    cache.bump_version(&key, Duration::from_secs(60)).await.unwrap();
+    // ...and only then the slow reader stores what it loaded.
+    cache.set_versioned(&key, v0, Bytes::from_static(b"old"), Duration::from_secs(60)).await;
+    let (v1, value) = cache.get_versioned(&key).await.unwrap();
+    assert_ne!(v1, v0);
+    assert!(value.is_none(), "the stale value is never served");
+    cache.set_versioned(&key, v1, Bytes::from_static(b"new"), Duration::from_secs(60)).await;
+    assert_eq!(cache.get_versioned(&key).await.unwrap().1.as_deref(), Some(&b"new"[..]));
+}

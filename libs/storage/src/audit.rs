@@ -77,3 +77,73 @@ impl Audit {
         Ok(rows)
     }
 }
+
+/// Appends audit entries off the request path: entries are queued and written in batches, one
+/// transaction at most every `interval`, so that audited reads cost no database write each. Entries
+/// still queued are written when the writer is dropped at shutdown (`close`).
+#[derive(Clone)]
+pub struct AuditWriter {
+    queue: tokio::sync::mpsc::UnboundedSender<AuditEntry>,
+}
+
+impl AuditWriter {
+    /// Starts the writer for `db`; it stops after `shutdown` once the queue is written.
+    pub fn spawn(
+        db: Db,
+        interval: std::time::Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel::<AuditEntry>();
+        let task = tokio::spawn(async move {
+            let mut batch = Vec::new();
+            loop {
+                let stop = tokio::select! {
+                    _ = shutdown.cancelled() => true,
+                    _ = tokio::time::sleep(interval) => false,
+                };
+                while let Ok(e) = rx.try_recv() {
+                    batch.push(e);
+                }
+                if !batch.is_empty() {
+                    match write_batch(&db, &batch).await {
+                        Ok(()) => batch.clear(),
+                        Err(e) => {
+                            tracing::error!(error = %e, queued = batch.len(), "audit entries not written yet; retrying")
+                        }
+                    }
+                }
+                if stop {
+                    return;
+                }
+            }
+        });
+        (Self { queue }, task)
+    }
+
+    /// Queues an entry; it is written within the interval.
+    pub fn record(&self, principal: &str, action: &str, customer_id: &str, detail: String) {
+        let entry = AuditEntry {
+            id: 0,
+            at: now_millis(),
+            principal: principal.to_string(),
+            action: action.to_string(),
+            customer_id: customer_id.to_string(),
+            detail,
+        };
+        if self.queue.send(entry).is_err() {
+            tracing::error!("audit writer stopped; an audit entry was not queued");
+        }
+    }
+}
+
+async fn write_batch(db: &Db, batch: &[AuditEntry]) -> Result<(), StorageError> {
+    let mut tx = db.begin().await?;
+    for e in batch {
+        on_tx!(&mut tx, t => sqlx::query(
+            "INSERT INTO audit_log (at, principal, action, customer_id, detail) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(e.at).bind(&e.principal).bind(&e.action).bind(&e.customer_id).bind(&e.detail)
+        .execute(&mut **t).await.map(|_| ()))?;
+    }
+    tx.commit().await
+}

@@ -11,7 +11,7 @@ mod db;
 mod outbox;
 pub mod testing;
 
-pub use audit::{Audit, AuditEntry};
+pub use audit::{Audit, AuditEntry, AuditWriter};
 pub use db::{Backend, Db, PoolSettings, Tx, connect, migrate};
 pub use outbox::{Cursors, Outbox, OutboxMessage, OutboxRow};
 pub use sqlx;

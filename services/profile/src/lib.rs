@@ -1,13 +1,18 @@
 //! The profile service.
 
-use rapport_proto::common::v1::SubscribeRequest;
-use rapport_proto::profile::v1::profile_service_server::{ProfileService, ProfileServiceServer};
-use rapport_rpc::{Mounted, ServiceContext, feed::RecordStream};
-use rapport_storage::{Db, Outbox, sqlx::migrate::Migrator};
-use tonic::{Request, Response, Status};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rapport_proto::profile::v1::profile_service_server::ProfileServiceServer;
+use rapport_rpc::{Mounted, ServiceContext};
+use rapport_storage::{AuditWriter, Db, Outbox, sqlx::migrate::Migrator};
+
+use crate::segments::Segments;
+use crate::store::{Store, StoreSettings};
 
 pub mod computed;
 pub mod follow;
+pub mod grpc;
 pub mod segments;
 pub mod store;
 
@@ -22,20 +27,59 @@ pub async fn migrate(db: &Db) -> Result<(), rapport_storage::StorageError> {
     rapport_storage::migrate(db, NAME, &SQLITE, &POSTGRES).await
 }
 
-/// Builds the service on its migrated database.
+/// Builds the service on its migrated database: the store, the identity follower, the audit writer and
+/// the periodic evaluation pass.
 pub async fn mount(ctx: ServiceContext) -> anyhow::Result<Mounted> {
-    let service = Profile { outbox: Outbox::new(ctx.db.clone()), shutdown: ctx.shutdown.clone() };
-    Ok(Mounted::new(NAME, ctx.db.clone(), ProfileServiceServer::new(service)))
-}
-
-struct Profile {
-    outbox: Outbox,
-    shutdown: tokio_util::sync::CancellationToken,
-}
-
-#[tonic::async_trait]
-impl ProfileService for Profile {
-    async fn subscribe(&self, request: Request<SubscribeRequest>) -> Result<Response<RecordStream>, Status> {
-        rapport_rpc::feed::subscribe(&self.outbox, request.into_inner(), &self.shutdown).map(Response::new)
-    }
+    let settings: StoreSettings = ctx.settings.section(NAME)?;
+    let outbox = Outbox::new(ctx.db.clone());
+    let segments = Arc::new(Segments::load(ctx.db.clone()).await?);
+    let interval = Duration::from_secs(settings.evaluation_interval_seconds.unwrap_or(60).max(1));
+    let store = Store::new(ctx.db.clone(), outbox.clone(), Arc::new(settings), Arc::new(grpc::ProtoEvents), segments);
+    let (audit, audit_task) = AuditWriter::spawn(ctx.db.clone(), Duration::from_millis(100), ctx.shutdown.clone());
+    let service = grpc::Profiles {
+        store: store.clone(),
+        clients: ctx.clients.clone(),
+        cache: ctx.cache.clone(),
+        outbox,
+        audit,
+        shutdown: ctx.shutdown.clone(),
+    };
+    let cache = ctx.cache.clone();
+    let follower = Arc::new(follow::FollowIdentity {
+        store: store.clone(),
+        on_change: Arc::new(move |customers: Vec<String>| {
+            let cache = cache.clone();
+            Box::pin(async move {
+                for c in customers {
+                    grpc::invalidate(&cache, &c).await;
+                }
+            })
+        }),
+    });
+    let (db, clients, shutdown) = (ctx.db.clone(), ctx.clients.clone(), ctx.shutdown.clone());
+    Ok(Mounted::new(NAME, ctx.db.clone(), ProfileServiceServer::new(service)).with_background(move || {
+        let consumer = rapport_rpc::feed::consume(
+            follow::CONSUMER,
+            db,
+            rapport_rpc::feed_source!(clients, identity),
+            follow::topics(),
+            follower,
+            shutdown.clone(),
+        );
+        let periodic = tokio::spawn(async move {
+            loop {
+                if let Err(e) = store.refresh_high_value_threshold().await {
+                    tracing::warn!(error = %e, "high-value threshold refresh failed");
+                }
+                if let Err(e) = store.reevaluate_all(500).await {
+                    tracing::warn!(error = %e, "segment evaluation pass failed");
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(interval) => {}
+                }
+            }
+        });
+        vec![consumer, periodic, audit_task]
+    }))
 }

@@ -140,6 +140,10 @@ pub struct StoreSettings {
     pub retention_days: BTreeMap<String, u32>,
     /// The largest event (properties and context as JSON) accepted, in bytes.
     pub max_event_bytes: Option<usize>,
+    /// The share of customers (by estimated lifetime value) flagged high-value, e.g. 0.1 for the top 10%.
+    pub high_value_top_share: Option<f64>,
+    /// Seconds between passes that re-evaluate time-based segments and the high-value threshold.
+    pub evaluation_interval_seconds: Option<u64>,
 }
 
 impl StoreSettings {
@@ -187,6 +191,7 @@ pub struct Store {
     settings: Arc<StoreSettings>,
     events: Arc<dyn ProfileEvents>,
     segments: Arc<Segments>,
+    high_value_threshold: Arc<std::sync::atomic::AtomicI64>,
 }
 
 fn to_json(v: &impl Serialize) -> Result<String, Error> {
@@ -231,7 +236,45 @@ impl Store {
         events: Arc<dyn ProfileEvents>,
         segments: Arc<Segments>,
     ) -> Self {
-        Self { db, outbox, settings, events, segments }
+        let high_value_threshold = Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX));
+        Self { db, outbox, settings, events, segments, high_value_threshold }
+    }
+
+    /// Whether a lifetime value is in the configured top share (as of the last threshold refresh).
+    pub fn is_high_value(&self, lifetime_value_minor: i64) -> bool {
+        lifetime_value_minor > 0
+            && lifetime_value_minor >= self.high_value_threshold.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Recomputes the lifetime value above which a customer is in the top share. Returns the threshold.
+    pub async fn refresh_high_value_threshold(&self) -> Result<i64, Error> {
+        let share = self.settings.high_value_top_share.unwrap_or(0.1).clamp(0.0, 1.0);
+        let now = now_millis();
+        let mut values: Vec<i64> = Vec::new();
+        let mut after = String::new();
+        loop {
+            let rows: Vec<(String, String)> = on_db!(&self.db, p => sqlx::query_as(
+                "SELECT customer_id, computed FROM profiles WHERE customer_id > $1 ORDER BY customer_id LIMIT 1000",
+            ).bind(&after).fetch_all(p).await?);
+            let Some((last, _)) = rows.last().cloned() else { break };
+            for (_, computed) in rows {
+                let c: Computed = from_json(&computed)?;
+                let ltv = c.derive(now, &self.settings.computed).lifetime_value_minor;
+                if ltv > 0 {
+                    values.push(ltv);
+                }
+            }
+            after = last;
+        }
+        values.sort_unstable_by(|a, b| b.cmp(a));
+        let threshold = if values.is_empty() || share == 0.0 {
+            i64::MAX
+        } else {
+            let n = ((values.len() as f64 * share).ceil() as usize).clamp(1, values.len());
+            values[n - 1]
+        };
+        self.high_value_threshold.store(threshold, std::sync::atomic::Ordering::Relaxed);
+        Ok(threshold)
     }
 
     /// The segments.
