@@ -191,15 +191,13 @@ impl Computed {
                     self.open_cart = None;
                 }
             }
-            "cart_updated" => {
-                if self.open_cart.as_ref().is_none_or(|c| c.updated_at <= t) {
-                    let items = items(e.properties);
-                    let value = items.iter().map(|i| i.price_minor * i.quantity).sum();
-                    let currency =
-                        e.properties.get("currency").and_then(Value::as_str).unwrap_or_default().to_uppercase();
-                    self.open_cart =
-                        (!items.is_empty()).then_some(OpenCart { items, value_minor: value, currency, updated_at: t });
-                }
+            // Only a newer cart update replaces the cart.
+            "cart_updated" if self.open_cart.as_ref().is_none_or(|c| c.updated_at <= t) => {
+                let items = items(e.properties);
+                let value = items.iter().map(|i| i.price_minor * i.quantity).sum();
+                let currency = e.properties.get("currency").and_then(Value::as_str).unwrap_or_default().to_uppercase();
+                self.open_cart =
+                    (!items.is_empty()).then_some(OpenCart { items, value_minor: value, currency, updated_at: t });
             }
             "product_viewed" => {
                 if let Some(c) = e.properties.get("category").and_then(Value::as_str) {

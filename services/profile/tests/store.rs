@@ -54,7 +54,7 @@ fn event(id: &str, name: &str, day: i64, properties: serde_json::Value) -> NewEv
 async fn a_replayed_event_is_stored_once() {
     let (s, _storage) = store(StoreSettings::default()).await;
     let order = event("m1", "order_completed", 10, json!({"revenue_minor": 1000, "currency": "EUR"}));
-    let first = s.append("cus_a", &[order.clone()], "shop").await.unwrap();
+    let first = s.append("cus_a", std::slice::from_ref(&order), "shop").await.unwrap();
     assert!(first.stored[0].is_some());
     let again = s.append("cus_a", &[order], "shop").await.unwrap();
     assert_eq!(again.stored, vec![None]);
