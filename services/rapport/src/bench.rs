@@ -196,3 +196,103 @@ pub async fn resolve_load(
     })
     .await
 }
+
+/// Profile load. `track`: each call tracks `batch` page views of one of `customers` customers (by email,
+/// so identity resolution is included). `get`: each call reads the profile of one of `customers`
+/// customers by customer id (after a warm-up that creates and caches them).
+pub async fn profile_load(
+    spec: &LoadSpec,
+    channels: Vec<tonic::transport::Channel>,
+    token: Arc<str>,
+    customers: u64,
+    what: &str,
+    batch: usize,
+) -> LoadReport {
+    use futures::FutureExt as _;
+    use rapport_proto::common::v1::{CustomerRef, Identifier, IdentifierType, customer_ref::Ref};
+    use rapport_proto::profile::v1::{
+        Event, EventContext, GetProfileRequest, TrackRequest, profile_service_client::ProfileServiceClient,
+    };
+    let n = channels.len() as u64;
+    let customers = customers.max(1);
+    let track = what == "track";
+    // Customer ids are learned from the first Track of each customer, so reads address real profiles.
+    let known: Arc<std::sync::Mutex<Vec<String>>> = Arc::new(std::sync::Mutex::new(Vec::new()));
+    if !track {
+        let mut client = ProfileServiceClient::new(channels[0].clone());
+        for who in 0..customers {
+            let mut request = tonic::Request::new(TrackRequest {
+                events: vec![Event {
+                    name: "page_viewed".into(),
+                    occurred_at: Some(crate::bench::now_ts()),
+                    identifiers: vec![Identifier {
+                        r#type: IdentifierType::Email as i32,
+                        value: format!("reader{who}@example.com"),
+                        namespace: String::new(),
+                    }],
+                    context: Some(EventContext { source: "bench".into(), ..Default::default() }),
+                    ..Default::default()
+                }],
+            });
+            if let Ok(v) = format!("Bearer {token}").parse() {
+                request.metadata_mut().insert("authorization", v);
+            }
+            if let Ok(r) = client.track(request).await
+                && let Some(first) = r.into_inner().results.first()
+            {
+                known.lock().expect("ids").push(first.customer_id.clone());
+            }
+        }
+    }
+    run(spec, move |i| {
+        let mut client = ProfileServiceClient::new(channels[(i % n) as usize].clone());
+        let token = token.clone();
+        let who = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % customers;
+        let known = known.clone();
+        async move {
+            let auth: tonic::metadata::MetadataValue<_> =
+                format!("Bearer {token}").parse().map_err(|_| tonic::Status::internal("token"))?;
+            if track {
+                let events = (0..batch)
+                    .map(|k| Event {
+                        name: "page_viewed".into(),
+                        occurred_at: Some(now_ts()),
+                        identifiers: vec![Identifier {
+                            r#type: IdentifierType::Email as i32,
+                            value: format!("bench{who}@example.com"),
+                            namespace: String::new(),
+                        }],
+                        message_id: format!("bench-{i}-{k}"),
+                        context: Some(EventContext { source: "bench".into(), ..Default::default() }),
+                        ..Default::default()
+                    })
+                    .collect();
+                let mut request = tonic::Request::new(TrackRequest { events });
+                request.metadata_mut().insert("authorization", auth);
+                client.track(request).await.map(|_| ())
+            } else {
+                let id = {
+                    let ids = known.lock().expect("ids");
+                    ids[(who as usize) % ids.len().max(1)].clone()
+                };
+                let mut request = tonic::Request::new(GetProfileRequest {
+                    customer: Some(CustomerRef { r#ref: Some(Ref::CustomerId(id)) }),
+                    field_mask: Some(prost_types::FieldMask {
+                        paths: vec!["traits".into(), "computed".into(), "segments".into()],
+                    }),
+                    purpose: "bench".into(),
+                });
+                request.metadata_mut().insert("authorization", auth);
+                client.get_profile(request).await.map(|_| ())
+            }
+        }
+        .boxed()
+    })
+    .await
+}
+
+/// Now as a protobuf timestamp.
+pub fn now_ts() -> prost_types::Timestamp {
+    let ms = chrono::Utc::now().timestamp_millis();
+    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
+}

@@ -33,8 +33,9 @@ enum Command {
 struct BenchArgs {
     #[command(flatten)]
     client: ClientArgs,
-    /// What to call: `ping` (the stack's floor) or `resolve` (Identity.Resolve over a pool of customers).
-    #[arg(value_parser = ["ping", "resolve"])]
+    /// What to call: `ping` (the stack's floor), `resolve` (Identity.Resolve over a pool of customers),
+    /// `track` (Profile.Track batches, identity included) or `get-profile` (cached Profile.GetProfile).
+    #[arg(value_parser = ["ping", "resolve", "track", "get-profile"])]
     target: String,
     /// Calls started per second.
     #[arg(long, default_value_t = 1000)]
@@ -48,9 +49,12 @@ struct BenchArgs {
     /// gRPC connections to spread the calls over.
     #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// How many distinct customers the calls touch (resolve).
+    /// How many distinct customers the calls touch.
     #[arg(long, default_value_t = 10_000)]
     customers: u64,
+    /// Events per Track call.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
 }
 
 #[derive(Debug, Args)]
@@ -243,7 +247,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             })
             .await
         }
-        _ => rapport::bench::resolve_load(&spec, channels, token, args.customers).await,
+        "resolve" => rapport::bench::resolve_load(&spec, channels, token, args.customers).await,
+        "track" => rapport::bench::profile_load(&spec, channels, token, args.customers, "track", args.batch).await,
+        _ => rapport::bench::profile_load(&spec, channels, token, args.customers, "get", 0).await,
     };
     println!("{}", report.summary(&format!("{} at {}/s over {} connection(s)", args.target, args.rate, n)));
     if let Some(e) = &report.first_error {
