@@ -1,1 +1,499 @@
-//! Consent over gRPC and HTTP (written with the consent service).
+//! Consent over gRPC and HTTP: the ledger and Check, late entries, bad input by field, suppressions,
+//! double opt-in and unsubscribe tokens (gRPC and the RFC 8058 one-click POST), concurrent writers, and
+//! consent following identity's merges and splits.
+
+use std::time::Duration;
+
+use prost_types::Timestamp;
+use rapport_proto::common::v1::{
+    Channel, CustomerRef, Identifier, IdentifierType, Provenance, Purpose, customer_ref::Ref,
+};
+use rapport_proto::consent::v1::{self as pb, consent_service_client::ConsentServiceClient};
+use rapport_proto::identity::v1::{self as id, identity_service_client::IdentityServiceClient};
+use rapport_testkit::{SuiteOptions, TestSuite, http_get, http_post_form};
+use tonic::Code;
+use tonic::transport::Channel as GrpcChannel;
+
+fn email(v: &str) -> Identifier {
+    Identifier { r#type: IdentifierType::Email as i32, value: v.into(), namespace: String::new() }
+}
+
+fn phone(v: &str) -> Identifier {
+    Identifier { r#type: IdentifierType::Phone as i32, value: v.into(), namespace: String::new() }
+}
+
+fn by(i: Identifier) -> Option<CustomerRef> {
+    Some(CustomerRef { r#ref: Some(Ref::Identifier(i)) })
+}
+
+fn purpose(name: &str) -> Option<Purpose> {
+    Some(Purpose { name: name.into() })
+}
+
+fn ago(minutes: i64) -> Option<Timestamp> {
+    Some(rapport_rpc::convert::timestamp(rapport_storage::now_millis() - minutes * 60_000))
+}
+
+fn source(name: &str) -> Option<Provenance> {
+    Some(Provenance { source: name.into(), source_record_id: String::new(), actor: "agent-7".into() })
+}
+
+fn web_form() -> Option<pb::Proof> {
+    Some(pb::Proof {
+        notice_id: "privacy-notice".into(),
+        notice_version: "3".into(),
+        method: pb::ProofMethod::WebForm as i32,
+        ip_address: "203.0.113.9".into(),
+        user_agent: "Mozilla/5.0".into(),
+        ..Default::default()
+    })
+}
+
+/// An email-marketing entry for `who`, made `minutes_ago`.
+fn entry(who: Identifier, status: pb::ConsentStatus, minutes_ago: i64) -> pb::EntryInput {
+    pb::EntryInput {
+        customer: by(who.clone()),
+        contact_point: Some(who),
+        channel: Channel::Email as i32,
+        purpose: purpose("marketing"),
+        status: status as i32,
+        legal_basis: pb::LegalBasis::Consent as i32,
+        provenance: source("webshop"),
+        proof: web_form(),
+        occurred_at: ago(minutes_ago),
+        ..Default::default()
+    }
+}
+
+fn check(who: Identifier, purpose_name: &str, region: &str) -> pb::CheckRequest {
+    pb::CheckRequest {
+        customer: None,
+        contact_point: Some(who),
+        channel: Channel::Email as i32,
+        purpose: purpose(purpose_name),
+        region: region.into(),
+        ..Default::default()
+    }
+}
+
+async fn resolve(suite: &TestSuite, channel: &GrpcChannel, ids: Vec<Identifier>) -> id::ResolveResponse {
+    IdentityServiceClient::new(channel.clone())
+        .resolve(suite.admin(id::ResolveRequest { identifiers: ids, provenance: source("crm"), ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn record(suite: &TestSuite, c: &mut ConsentServiceClient<GrpcChannel>, e: pb::EntryInput) -> pb::ConsentEntry {
+    let r = c.record(suite.admin(pb::RecordRequest { entries: vec![e] })).await.unwrap().into_inner();
+    r.entries.into_iter().next().expect("one entry")
+}
+
+async fn ask(suite: &TestSuite, c: &mut ConsentServiceClient<GrpcChannel>, r: pb::CheckRequest) -> pb::CheckResponse {
+    c.check(suite.admin(r)).await.unwrap().into_inner()
+}
+
+#[tokio::test]
+async fn check_follows_the_ledger_and_a_late_older_entry_never_wins() {
+    let suite = TestSuite::start_with(SuiteOptions::default().config("[consent]\nopt_out_regions = [\"US\"]\n")).await;
+    let channel = suite.channel().await;
+    let mut consent = ConsentServiceClient::new(channel.clone());
+    let kim = email("Kim@Example.com");
+    resolve(&suite, &channel, vec![kim.clone()]).await;
+
+    // Nothing recorded: opt-in region denies marketing, opt-out region allows it, service messages pass.
+    let eu = ask(&suite, &mut consent, check(kim.clone(), "marketing", "DE")).await;
+    assert!(!eu.allowed);
+    assert_eq!(eu.reason, pb::CheckReason::NoRecordOptInRegion as i32);
+    let us = ask(&suite, &mut consent, check(kim.clone(), "marketing", "US")).await;
+    assert!(us.allowed);
+    assert_eq!(us.reason, pb::CheckReason::NoRecordOptOutRegion as i32);
+    let service = ask(&suite, &mut consent, check(kim.clone(), "service_messages", "DE")).await;
+    assert!(service.allowed);
+    assert_eq!(service.reason, pb::CheckReason::ServiceMessage as i32);
+
+    // A grant: allowed, and the answer names the entry it rests on.
+    let grant = record(&suite, &mut consent, entry(kim.clone(), pb::ConsentStatus::Granted, 10)).await;
+    assert!(!grant.customer_id.is_empty());
+    let after_grant = ask(&suite, &mut consent, check(kim.clone(), "marketing", "DE")).await;
+    assert!(after_grant.allowed, "{after_grant:?}");
+    assert_eq!(after_grant.reason, pb::CheckReason::Granted as i32);
+    assert_eq!(after_grant.entry.as_ref().unwrap().entry_id, grant.entry_id);
+    assert_eq!(after_grant.customer_id, grant.customer_id);
+
+    // A withdrawal the customer made earlier, arriving late, does not override the newer grant.
+    let late = record(&suite, &mut consent, entry(kim.clone(), pb::ConsentStatus::Withdrawn, 60)).await;
+    let still = ask(&suite, &mut consent, check(kim.clone(), "marketing", "DE")).await;
+    assert!(still.allowed);
+    assert_eq!(still.entry.as_ref().unwrap().entry_id, grant.entry_id);
+
+    // A withdrawal now takes effect on the very next Check.
+    let withdrawal = record(&suite, &mut consent, entry(kim.clone(), pb::ConsentStatus::Withdrawn, 0)).await;
+    let denied = ask(&suite, &mut consent, check(kim.clone(), "marketing", "DE")).await;
+    assert!(!denied.allowed);
+    assert_eq!(denied.reason, pb::CheckReason::Withdrawn as i32);
+    assert_eq!(denied.entry.as_ref().unwrap().entry_id, withdrawal.entry_id);
+
+    // Check at a past instant answers from the ledger as it stood then.
+    let mut then = check(kim.clone(), "marketing", "DE");
+    then.at = ago(5);
+    assert!(ask(&suite, &mut consent, then).await.allowed);
+
+    // The history is readable by the identifier, nothing updated in place, with who and how.
+    let history = consent
+        .history(suite.admin(pb::HistoryRequest { customer: by(email("kim@example.com")), ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<&str> = history.entries.iter().map(|e| e.entry_id.as_str()).collect();
+    for e in [&grant, &late, &withdrawal] {
+        assert!(ids.contains(&e.entry_id.as_str()), "{ids:?} lacks {}", e.entry_id);
+    }
+    assert_eq!(history.entries.len(), 3);
+    let stored = history.entries.iter().find(|e| e.entry_id == grant.entry_id).unwrap();
+    assert_eq!(stored.provenance.as_ref().unwrap().actor, "agent-7");
+    assert_eq!(stored.proof.as_ref().unwrap().ip_address, "203.0.113.9");
+    assert_eq!(stored.proof.as_ref().unwrap().notice_version, "3");
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_naming_the_field_and_records_nothing() {
+    let suite = TestSuite::start().await;
+    let mut consent = ConsentServiceClient::new(suite.channel().await);
+    let kim = email("kim@example.com");
+    let cases: Vec<(pb::EntryInput, &str)> = vec![
+        (
+            pb::EntryInput { purpose: purpose("astrology"), ..entry(kim.clone(), pb::ConsentStatus::Granted, 0) },
+            "entries[0].purpose.name",
+        ),
+        (pb::EntryInput { channel: 0, ..entry(kim.clone(), pb::ConsentStatus::Granted, 0) }, "entries[0].channel"),
+        (pb::EntryInput { channel: 99, ..entry(kim.clone(), pb::ConsentStatus::Granted, 0) }, "entries[0].channel"),
+        (
+            pb::EntryInput { provenance: None, ..entry(kim.clone(), pb::ConsentStatus::Granted, 0) },
+            "entries[0].provenance.source",
+        ),
+        (pb::EntryInput { status: 0, ..entry(kim.clone(), pb::ConsentStatus::Granted, 0) }, "entries[0].status"),
+        (
+            pb::EntryInput { occurred_at: None, ..entry(kim.clone(), pb::ConsentStatus::Granted, 0) },
+            "entries[0].occurred_at",
+        ),
+        (
+            pb::EntryInput {
+                contact_point: Some(email("not-an-email")),
+                customer: None,
+                ..entry(kim.clone(), pb::ConsentStatus::Granted, 0)
+            },
+            "entries[0].contact_point",
+        ),
+    ];
+    for (input, field) in cases {
+        // A valid entry first: the whole request is refused, so it is not recorded either.
+        let good = entry(email("lee@example.com"), pb::ConsentStatus::Granted, 0);
+        let err = consent.record(suite.admin(pb::RecordRequest { entries: vec![input, good] })).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {}", err.message());
+        assert!(err.message().contains(field), "{field} not named in `{}`", err.message());
+    }
+    let err = consent.check(suite.admin(check(kim.clone(), "astrology", ""))).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("purpose"), "{}", err.message());
+    let err = consent
+        .check(suite.admin(pb::CheckRequest { channel: 0, ..check(kim.clone(), "marketing", "") }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("channel"), "{}", err.message());
+
+    // Nothing was recorded by any refused request.
+    for who in [kim, email("lee@example.com")] {
+        let history = consent
+            .history(suite.admin(pb::HistoryRequest { contact_point: Some(who), ..Default::default() }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(history.entries.is_empty(), "{:?}", history.entries);
+    }
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn a_suppression_wins_over_any_grant_until_removed() {
+    let suite = TestSuite::start().await;
+    let mut consent = ConsentServiceClient::new(suite.channel().await);
+    let kim = email("kim@example.com");
+    record(&suite, &mut consent, entry(kim.clone(), pb::ConsentStatus::Granted, 1)).await;
+    assert!(ask(&suite, &mut consent, check(kim.clone(), "marketing", "DE")).await.allowed);
+
+    let added = consent
+        .add_suppression(suite.admin(pb::AddSuppressionRequest {
+            contact_point: Some(email("KIM@example.com")),
+            channel: Channel::Email as i32,
+            reason: pb::SuppressionReason::HardBounce as i32,
+            provenance: source("delivery"),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(added.created);
+    let suppression = added.suppression.unwrap();
+    for purpose_name in ["marketing", "service_messages"] {
+        let answer = ask(&suite, &mut consent, check(kim.clone(), purpose_name, "DE")).await;
+        assert!(!answer.allowed, "{purpose_name}");
+        assert_eq!(answer.reason, pb::CheckReason::Suppressed as i32);
+        assert_eq!(answer.suppression.unwrap().suppression_id, suppression.suppression_id);
+    }
+    // SMS is another channel: untouched.
+    let sms = ask(
+        &suite,
+        &mut consent,
+        pb::CheckRequest { channel: Channel::Sms as i32, ..check(kim.clone(), "service_messages", "DE") },
+    )
+    .await;
+    assert!(sms.allowed);
+
+    let missing_reason =
+        consent.add_suppression(suite.admin(pb::AddSuppressionRequest { reason: 0, ..Default::default() })).await;
+    assert_eq!(missing_reason.unwrap_err().code(), Code::InvalidArgument);
+
+    consent
+        .remove_suppression(suite.admin(pb::RemoveSuppressionRequest {
+            suppression_id: suppression.suppression_id.clone(),
+            reason: "address fixed".into(),
+        }))
+        .await
+        .unwrap();
+    assert!(ask(&suite, &mut consent, check(kim.clone(), "marketing", "DE")).await.allowed);
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn double_opt_in_grants_once_and_bad_tokens_change_nothing() {
+    let suite = TestSuite::start().await;
+    let mut consent = ConsentServiceClient::new(suite.channel().await);
+    let kim = email("kim@example.com");
+    let started = consent
+        .start_double_opt_in(suite.admin(pb::StartDoubleOptInRequest {
+            contact_point: Some(kim.clone()),
+            channel: Channel::Email as i32,
+            purposes: vec![Purpose { name: "marketing".into() }],
+            provenance: source("newsletter-form"),
+            proof: web_form(),
+            occurred_at: ago(0),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(started.pending.len(), 1);
+    assert!(started.confirm_url.contains("/consent/confirm?token="), "{}", started.confirm_url);
+    let pending = ask(&suite, &mut consent, check(kim.clone(), "marketing", "DE")).await;
+    assert!(!pending.allowed);
+    assert_eq!(pending.reason, pb::CheckReason::Pending as i32);
+
+    // An altered token: refused, nothing changes.
+    let mut altered = started.token.clone().into_bytes();
+    let last = altered.len() - 2;
+    altered[last] = if altered[last] == b'A' { b'B' } else { b'A' };
+    let altered = String::from_utf8(altered).unwrap();
+    let err = consent
+        .confirm_double_opt_in(suite.admin(pb::ConfirmDoubleOptInRequest { token: altered, ..Default::default() }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    assert!(!ask(&suite, &mut consent, check(kim.clone(), "marketing", "DE")).await.allowed);
+
+    let confirmed = consent
+        .confirm_double_opt_in(
+            suite.admin(pb::ConfirmDoubleOptInRequest { token: started.token.clone(), ..Default::default() }),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(confirmed.granted.len(), 1);
+    assert_eq!(confirmed.granted[0].status, pb::ConsentStatus::Granted as i32);
+    let granted = ask(&suite, &mut consent, check(kim.clone(), "marketing", "DE")).await;
+    assert!(granted.allowed);
+    assert_eq!(granted.entry.unwrap().entry_id, confirmed.granted[0].entry_id);
+
+    // Reused: refused, and no second grant is written.
+    let err = consent
+        .confirm_double_opt_in(
+            suite.admin(pb::ConfirmDoubleOptInRequest { token: started.token, ..Default::default() }),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    let history = consent
+        .history(suite.admin(pb::HistoryRequest { contact_point: Some(kim), ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(history.entries.len(), 2, "pending then granted: {:?}", history.entries);
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn one_click_unsubscribe_over_http_withdraws_and_suppresses_once() {
+    let suite = TestSuite::start().await;
+    let mut consent = ConsentServiceClient::new(suite.channel().await);
+    let kim = email("kim@example.com");
+    record(&suite, &mut consent, entry(kim.clone(), pb::ConsentStatus::Granted, 1)).await;
+    let issued = consent
+        .issue_unsubscribe_token(suite.admin(pb::IssueUnsubscribeTokenRequest {
+            contact_point: Some(kim.clone()),
+            channel: Channel::Email as i32,
+            purpose: purpose("marketing"),
+            message_id: "msg-1".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(issued.list_unsubscribe_post, "List-Unsubscribe=One-Click");
+    let path = issued.url.split_once("/consent/").map(|(_, p)| format!("/consent/{p}")).expect("an unsubscribe url");
+    let url = format!("{}{path}", suite.http_url);
+
+    // GET shows a page and changes nothing (mail scanners follow links); the address is masked.
+    let (status, body) = http_get(&url).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("<form"), "{body}");
+    assert!(!body.contains("kim@example.com"), "the page shows the address unmasked: {body}");
+    assert!(ask(&suite, &mut consent, check(kim.clone(), "marketing", "DE")).await.allowed);
+
+    // A forged token: a plain error page, nothing changes.
+    let (status, body) = http_post_form(&format!("{url}x"), "List-Unsubscribe=One-Click").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(ask(&suite, &mut consent, check(kim.clone(), "marketing", "DE")).await.allowed);
+
+    // The RFC 8058 one-click POST: withdrawn and suppressed.
+    let (status, body) = http_post_form(&url, "List-Unsubscribe=One-Click").await;
+    assert_eq!(status, 200, "{body}");
+    let after = ask(&suite, &mut consent, check(kim.clone(), "marketing", "DE")).await;
+    assert!(!after.allowed);
+    assert_eq!(after.reason, pb::CheckReason::Suppressed as i32);
+
+    // Used twice: a plain page, and no second withdrawal.
+    let (status, _) = http_post_form(&url, "List-Unsubscribe=One-Click").await;
+    assert_eq!(status, 409);
+    let history = consent
+        .history(suite.admin(pb::HistoryRequest { contact_point: Some(kim), ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner();
+    let withdrawn = history.entries.iter().filter(|e| e.status == pb::ConsentStatus::Withdrawn as i32).count();
+    assert_eq!(withdrawn, 1);
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_writers_for_one_person_lose_nothing() {
+    let suite = TestSuite::start().await;
+    let channel = suite.channel().await;
+    let kim = email("kim@example.com");
+    resolve(&suite, &channel, vec![kim.clone()]).await;
+    let writers = 24;
+    let mut tasks = Vec::new();
+    for i in 0..writers {
+        let mut consent = ConsentServiceClient::new(channel.clone());
+        let request = suite.admin(pb::RecordRequest {
+            entries: vec![pb::EntryInput {
+                channel: [Channel::Email, Channel::Sms, Channel::Push][i % 3] as i32,
+                purpose: purpose(["marketing", "personalisation", "analytics"][i % 3]),
+                status: if i % 2 == 0 { pb::ConsentStatus::Granted } else { pb::ConsentStatus::Denied } as i32,
+                idempotency_key: format!("writer-{i}"),
+                ..entry(kim.clone(), pb::ConsentStatus::Granted, i as i64)
+            }],
+        });
+        tasks.push(tokio::spawn(async move { consent.record(request).await.map(|r| r.into_inner()) }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let mut consent = ConsentServiceClient::new(channel);
+    let history = consent
+        .history(suite.admin(pb::HistoryRequest {
+            customer: by(kim),
+            page: Some(rapport_proto::common::v1::PageRequest { page_size: 100, page_token: String::new() }),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut keys: Vec<String> = history.entries.iter().map(|e| e.idempotency_key.clone()).collect();
+    keys.sort();
+    let mut expected: Vec<String> = (0..writers).map(|i| format!("writer-{i}")).collect();
+    expected.sort();
+    assert_eq!(keys, expected);
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn consent_follows_merges_most_restrictive_and_a_split_restores_it() {
+    let suite = TestSuite::start().await;
+    let channel = suite.channel().await;
+    let mut consent = ConsentServiceClient::new(channel.clone());
+    let web = email("kim@example.com");
+    let store = phone("+14155550100");
+    let a = resolve(&suite, &channel, vec![web.clone()]).await.customer_id;
+    let b = resolve(&suite, &channel, vec![store.clone()]).await.customer_id;
+    assert_ne!(a, b);
+    let by_id = |c: &str| Some(CustomerRef { r#ref: Some(Ref::CustomerId(c.into())) });
+    let sms_marketing = |customer| pb::CheckRequest {
+        customer,
+        channel: Channel::Sms as i32,
+        purpose: purpose("marketing"),
+        region: "DE".into(),
+        ..Default::default()
+    };
+    // The web customer granted SMS marketing; the store customer refused it.
+    let for_customer = |c: &str, status, minutes| pb::EntryInput {
+        customer: by_id(c),
+        contact_point: None,
+        channel: Channel::Sms as i32,
+        ..entry(web.clone(), status, minutes)
+    };
+    record(&suite, &mut consent, for_customer(&a, pb::ConsentStatus::Granted, 1)).await;
+    record(&suite, &mut consent, for_customer(&b, pb::ConsentStatus::Denied, 30)).await;
+    assert!(ask(&suite, &mut consent, sms_marketing(by_id(&a))).await.allowed);
+
+    let merged = resolve(&suite, &channel, vec![web.clone(), store.clone()]).await;
+    assert_eq!(merged.merged_customer_ids.len(), 1);
+    let survivor = merged.customer_id.clone();
+    let merge_id = merged.merge_ids[0].clone();
+
+    // The merge reaches consent through identity's feed; the older refusal wins over the newer grant.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = ask(&suite, &mut consent, sms_marketing(by_id(&survivor))).await;
+        let merged_away = if survivor == a { &b } else { &a };
+        let alias = ask(&suite, &mut consent, sms_marketing(by_id(merged_away))).await;
+        if !now.allowed && !alias.allowed {
+            assert_eq!(now.reason, pb::CheckReason::Denied as i32);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the merge did not reach consent: {now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    IdentityServiceClient::new(channel.clone())
+        .split(suite.admin(id::SplitRequest {
+            customer_id: survivor,
+            merge_id,
+            identifiers: vec![],
+            provenance: source("support"),
+        }))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let web_side = ask(&suite, &mut consent, sms_marketing(by(web.clone()))).await;
+        let store_side = ask(&suite, &mut consent, sms_marketing(by(store.clone()))).await;
+        if web_side.allowed && !store_side.allowed {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the split did not restore consent: {web_side:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    suite.stop().await;
+}

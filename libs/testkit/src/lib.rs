@@ -143,12 +143,29 @@ pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
 
 /// A plain HTTP/1.1 GET of `url` (`http://host:port/path`): the status code and the body.
 pub async fn http_get(url: &str) -> (u16, String) {
+    http_request("GET", url, None).await
+}
+
+/// A plain HTTP/1.1 POST of a form body (`application/x-www-form-urlencoded`) to `url`.
+pub async fn http_post_form(url: &str, body: &str) -> (u16, String) {
+    http_request("POST", url, Some(body)).await
+}
+
+async fn http_request(method: &str, url: &str, body: Option<&str>) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").expect("http url");
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let path = if path.is_empty() { "/" } else { path };
     let mut stream = tokio::net::TcpStream::connect(authority).await.expect("http port answers");
-    let request = format!("GET {path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n\r\n");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n");
+    if let Some(body) = body {
+        request.push_str(&format!(
+            "content-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+    } else {
+        request.push_str("\r\n");
+    }
     stream.write_all(request.as_bytes()).await.expect("request written");
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.expect("response read");

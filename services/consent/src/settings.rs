@@ -1,0 +1,167 @@
+//! The `[consent]` section of the configuration.
+
+use serde::Deserialize;
+
+/// How consent is checked, combined and signed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsentSettings {
+    /// The purposes requests may name.
+    pub purposes: Vec<String>,
+    /// Purposes allowed unless suppressed (service messages); each must be in `purposes`.
+    pub service_purposes: Vec<String>,
+    /// Regions where marketing with nothing recorded is denied, e.g. "EU", "DE", "CA".
+    pub opt_in_regions: Vec<String>,
+    /// Regions where marketing with nothing recorded is allowed, e.g. "US".
+    pub opt_out_regions: Vec<String>,
+    /// The region assumed when none is known; empty means unknown (the default regime applies).
+    pub default_region: String,
+    /// The regime of regions in neither list: "opt_in" (default) or "opt_out".
+    pub default_regime: String,
+    /// How the consents of merged customers combine: "most_restrictive" (default) or "most_recent".
+    pub merge_policy: String,
+    /// Region for phone numbers written without a country code.
+    pub phone_default_region: String,
+    /// Default lifetime of double opt-in tokens, in seconds (7 days).
+    pub double_opt_in_ttl_seconds: i64,
+    /// Default lifetime of unsubscribe tokens, in seconds (90 days).
+    pub unsubscribe_ttl_seconds: i64,
+    /// The HMAC key of tokens. Empty: a key generated on first start and kept in the service database.
+    pub token_secret: String,
+    /// The public base URL of the HTTP port for links in messages. Empty: `http://<server.http_listen>`.
+    pub public_base_url: String,
+    /// Days allowed to answer a data-subject request.
+    pub request_deadline_days: i32,
+}
+
+impl Default for ConsentSettings {
+    fn default() -> Self {
+        Self {
+            purposes: ["marketing", "personalisation", "analytics", "service_messages"].map(String::from).to_vec(),
+            service_purposes: vec!["service_messages".into()],
+            opt_in_regions: vec!["EU".into()],
+            opt_out_regions: vec![],
+            default_region: String::new(),
+            default_regime: "opt_in".into(),
+            merge_policy: "most_restrictive".into(),
+            phone_default_region: "US".into(),
+            double_opt_in_ttl_seconds: 7 * 24 * 3600,
+            unsubscribe_ttl_seconds: 90 * 24 * 3600,
+            token_secret: String::new(),
+            public_base_url: String::new(),
+            request_deadline_days: 30,
+        }
+    }
+}
+
+/// How merged customers' consents combine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergePolicy {
+    MostRestrictive,
+    MostRecent,
+}
+
+impl ConsentSettings {
+    /// Checks what serde cannot, naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.purposes.is_empty() {
+            return Err("consent.purposes: at least one purpose is required".into());
+        }
+        for (i, p) in self.purposes.iter().enumerate() {
+            if p.is_empty() || !p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+                return Err(format!("consent.purposes[{i}]: `{p}` must be lower-case letters, digits and _"));
+            }
+        }
+        for (i, p) in self.service_purposes.iter().enumerate() {
+            if !self.purposes.contains(p) {
+                return Err(format!("consent.service_purposes[{i}]: `{p}` is not in consent.purposes"));
+            }
+        }
+        if !matches!(self.default_regime.as_str(), "opt_in" | "opt_out") {
+            return Err(format!("consent.default_regime: `{}` must be opt_in or opt_out", self.default_regime));
+        }
+        if !matches!(self.merge_policy.as_str(), "most_restrictive" | "most_recent") {
+            return Err(format!(
+                "consent.merge_policy: `{}` must be most_restrictive or most_recent",
+                self.merge_policy
+            ));
+        }
+        if self.phone_default_region.parse::<phonenumber::country::Id>().is_err() {
+            return Err(format!(
+                "consent.phone_default_region: `{}` is not an ISO 3166 region code",
+                self.phone_default_region
+            ));
+        }
+        if self.double_opt_in_ttl_seconds <= 0 {
+            return Err("consent.double_opt_in_ttl_seconds: must be positive".into());
+        }
+        if self.unsubscribe_ttl_seconds <= 0 {
+            return Err("consent.unsubscribe_ttl_seconds: must be positive".into());
+        }
+        if !self.token_secret.is_empty() && self.token_secret.len() < 16 {
+            return Err("consent.token_secret: at least 16 characters".into());
+        }
+        Ok(())
+    }
+
+    /// The merge policy.
+    pub fn merge(&self) -> MergePolicy {
+        if self.merge_policy == "most_recent" { MergePolicy::MostRecent } else { MergePolicy::MostRestrictive }
+    }
+
+    /// Whether `purpose` is allowed unless suppressed.
+    pub fn is_service(&self, purpose: &str) -> bool {
+        self.service_purposes.iter().any(|p| p == purpose)
+    }
+
+    /// Whether marketing with nothing recorded is allowed in `region` (empty: unknown).
+    pub fn opt_out(&self, region: &str) -> bool {
+        let region = region.to_ascii_uppercase();
+        let country = region.split('-').next().unwrap_or_default().to_string();
+        let matches = |list: &[String]| {
+            list.iter().any(|r| {
+                let r = r.to_ascii_uppercase();
+                r == region || r == country || (r == "EU" && EU.contains(&country.as_str()))
+            })
+        };
+        if !region.is_empty() && matches(&self.opt_in_regions) {
+            return false;
+        }
+        if !region.is_empty() && matches(&self.opt_out_regions) {
+            return true;
+        }
+        self.default_regime == "opt_out"
+    }
+}
+
+/// Members of the EU and the EEA, for the region "EU".
+const EU: [&str; 30] = [
+    "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE", "IT", "LV", "LT", "LU", "MT",
+    "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE", "IS", "LI", "NO",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_decide_the_regime() {
+        let s = ConsentSettings { opt_out_regions: vec!["US".into()], ..Default::default() };
+        assert!(s.opt_out("US"));
+        assert!(s.opt_out("us-ca"));
+        assert!(!s.opt_out("DE"), "DE is in the EU");
+        assert!(!s.opt_out(""), "unknown region: the default regime");
+        let s = ConsentSettings { default_regime: "opt_out".into(), ..Default::default() };
+        assert!(s.opt_out("BR"));
+        assert!(!s.opt_out("FR"));
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let bad = ConsentSettings { service_purposes: vec!["x".into()], ..Default::default() };
+        assert!(bad.validate().unwrap_err().starts_with("consent.service_purposes[0]"));
+        let bad = ConsentSettings { merge_policy: "random".into(), ..Default::default() };
+        assert!(bad.validate().unwrap_err().starts_with("consent.merge_policy"));
+        assert!(ConsentSettings::default().validate().is_ok());
+    }
+}
