@@ -1,7 +1,10 @@
 //! Benchmark of the probabilistic matcher on seeded synthetic data.
 //!
-//! `cargo run --release -p rapport-identity --example match_bench -- --people N --seed S
-//! [--sources K] [--threads T]`
+//! `cargo run --release -p rapport-identity --example match_bench -- (--records N | --people N)
+//! [--seed S] [--sources K] [--threads T] [--match-log2-odds X] [--ambiguity-margin B] [--diagnose N]`
+//!
+//! `--records N` generates people until there are N records (the last person's records may be
+//! cut short); `--people N` generates N people (about 2.25 records each with 12 sources).
 
 use std::time::Instant;
 
@@ -21,6 +24,7 @@ fn peak_rss_kib() -> Option<u64> {
 
 fn main() -> anyhow::Result<()> {
     let mut people = 10_000usize;
+    let mut want_records: Option<usize> = None;
     let mut seed = 1u64;
     let mut sources = 12usize;
     let mut settings = MatchSettings::default();
@@ -30,6 +34,10 @@ fn main() -> anyhow::Result<()> {
         let mut value = || args.next().ok_or_else(|| anyhow::anyhow!("{a} needs a value"));
         match a.as_str() {
             "--people" => people = value()?.parse()?,
+            "--records" => want_records = Some(value()?.parse()?),
+            "--match-log2-odds" => settings.match_log2_odds = value()?.parse()?,
+            "--match-threshold" => settings.match_threshold = value()?.parse()?,
+            "--ambiguity-margin" => settings.ambiguity_margin = value()?.parse()?,
             "--seed" => seed = value()?.parse()?,
             "--sources" => sources = value()?.parse()?,
             "--threads" => settings.threads = value()?.parse()?,
@@ -38,7 +46,16 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let t0 = Instant::now();
-    let (records, truth) = synth::generate(people, sources, seed);
+    if let Some(n) = want_records {
+        people = n * 100 / 215 + 10;
+    }
+    let (mut records, mut truth) = synth::generate(people, sources, seed);
+    if let Some(n) = want_records {
+        anyhow::ensure!(records.len() >= n, "generated {} records, fewer than {n}", records.len());
+        records.truncate(n);
+        truth.truncate(n);
+        people = truth.last().map_or(0, |&t| t as usize + 1);
+    }
     let generated = t0.elapsed().as_secs_f64();
     let rss_before = peak_rss_kib().unwrap_or(0);
     let t1 = Instant::now();
@@ -63,6 +80,10 @@ fn main() -> anyhow::Result<()> {
     println!("skipped blocks   {}", c.skipped_blocks);
     println!("clusters         {} (true {})", c.clusters, people);
     println!("em iterations    {} (lambda {:.4})", outcome.params.iterations, outcome.params.lambda);
+    println!(
+        "thresholds       match {:.1} possible {:.1} (prior log2 odds {:.1})",
+        outcome.params.match_threshold, outcome.params.possible_threshold, outcome.params.prior_log2_odds
+    );
     println!(
         "peak RSS         {:.1} MiB (after generation {:.1} MiB)",
         peak_rss_kib().unwrap_or(0) as f64 / 1024.0,
@@ -120,7 +141,7 @@ fn print_diagnosis(
                 let (p, conflict) = score_pair(&records[i], &records[j], &outcome.params, settings);
                 if possible.contains(&(i.min(j), i.max(j))) {
                     in_review += 1;
-                    if in_review <= n && p.weight >= settings.match_threshold {
+                    if in_review <= n && p.weight >= outcome.params.match_threshold {
                         println!("  [review, weight at match level]");
                         show(i, j);
                     }
@@ -130,7 +151,7 @@ fn print_diagnosis(
                         println!("  [conflict]");
                         show(i, j);
                     }
-                } else if p.weight >= settings.match_threshold {
+                } else if p.weight >= outcome.params.match_threshold {
                     strong += 1;
                 } else {
                     other += 1;

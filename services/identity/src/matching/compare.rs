@@ -45,6 +45,8 @@ pub type Levels = [u8; N_CMP];
 pub(crate) const FIRST: usize = 0;
 pub(crate) const LAST: usize = 1;
 pub(crate) const DOB: usize = 2;
+pub(crate) const STREET: usize = 5;
+pub(crate) const POSTCODE: usize = 6;
 pub(crate) const NATIONAL_ID: usize = 8;
 pub(crate) const COMPANY_ID: usize = 10;
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use super::compare::{self, FIRST, LAST, Levels, MAX_LEVELS, N_CMP, Std, hash_str, n_levels};
+use super::compare::{self, FIRST, LAST, Levels, MAX_LEVELS, N_CMP, POSTCODE, STREET, Std, hash_str, n_levels};
 use super::{Counts, EntityKind, MatchOutcome, MatchSettings, Parameters, ScoredPair, SourceRecord};
 
 /// Number of blocking rules.
@@ -299,7 +299,7 @@ fn train(patterns: &HashMap<u64, u64>, u: Vec<Vec<f64>>, iterations: usize) -> P
             }
         }
     }
-    Parameters { m, u, lambda, iterations: run }
+    Parameters { m, u, lambda, iterations: run, prior_log2_odds: 0.0, match_threshold: 0.0, possible_threshold: 0.0 }
 }
 
 struct Scorer {
@@ -329,6 +329,11 @@ impl Scorer {
         let adj = |u: f64, tf: f32| {
             if tf > 0.0 { (u / f64::from(tf)).log2().clamp(-self.max_tf, self.max_tf) } else { 0.0 }
         };
+        // street and postcode are not independent: one address agreeing is one piece of
+        // evidence, so an exact postcode adds nothing to an exact street and house number
+        if l[STREET] == 1 && l[POSTCODE] == 1 {
+            out[POSTCODE] = out[POSTCODE].min(0.0);
+        }
         // the names as given (not crosswise) are equal: their frequency says how telling
         if matches!(l[FIRST], 1 | 2) && a.first_canon == b.first_canon {
             out[FIRST] += adj(self.u_first_exact, a.first_tf.max(b.first_tf)) as f32;
@@ -366,6 +371,21 @@ fn term_frequencies(stds: &mut [Std]) {
             s.last_tf = last[&hash_str(&s.last)] as f32 / nl as f32;
         }
     }
+}
+
+/// Sets the thresholds of a run: the prior odds that two records of the same kind match are
+/// the expected matches among the candidate pairs (EM's match rate) over all pairs.
+fn set_thresholds(params: &mut Parameters, stds: &[Std], candidate_pairs: usize, settings: &MatchSettings) {
+    let mut per_kind: HashMap<EntityKind, f64> = HashMap::new();
+    for s in stds {
+        *per_kind.entry(s.kind).or_default() += 1.0;
+    }
+    let all_pairs: f64 = per_kind.values().map(|n| n * (n - 1.0) / 2.0).sum();
+    let expected = params.lambda * candidate_pairs as f64;
+    params.prior_log2_odds =
+        if expected >= 1.0 && all_pairs > expected { (expected / (all_pairs - expected)).log2() } else { 0.0 };
+    params.match_threshold = settings.match_threshold.max(settings.match_log2_odds - params.prior_log2_odds);
+    params.possible_threshold = settings.possible_threshold + (params.match_threshold - settings.match_threshold);
 }
 
 struct Clusters {
@@ -434,7 +454,9 @@ pub fn match_records(records: &[SourceRecord], settings: &MatchSettings) -> Matc
 
     let blocking = candidate_pairs(&stds, settings.max_block_size, threads);
     let u = estimate_u(&stds, settings);
-    let params = train(&blocking.patterns, u, settings.em_iterations);
+    let mut params = train(&blocking.patterns, u, settings.em_iterations);
+    set_thresholds(&mut params, &stds, blocking.pairs.len(), settings);
+    let (match_threshold, possible_threshold) = (params.match_threshold, params.possible_threshold);
     let scorer = Scorer::new(&params, settings);
 
     // score; keep what can matter
@@ -453,7 +475,7 @@ pub fn match_records(records: &[SourceRecord], settings: &MatchSettings) -> Matc
             let (a, b) = (&stds[p.a as usize], &stds[p.b as usize]);
             let l = compare::unpack(p.pattern);
             let w = scorer.total(a, b, &l);
-            if w >= settings.possible_threshold {
+            if w >= possible_threshold {
                 kept.push(Kept {
                     a: p.a,
                     b: p.b,
@@ -469,11 +491,44 @@ pub fn match_records(records: &[SourceRecord], settings: &MatchSettings) -> Matc
     let mut kept: Vec<Kept> = per_thread.into_iter().flatten().collect();
     kept.sort_unstable_by(|x, y| y.weight.total_cmp(&x.weight).then(x.a.cmp(&y.a)).then(x.b.cmp(&y.b)));
 
+    // match-level links of each record (compressed rows), for the ambiguity check
+    let links = |k: &Kept| !k.conflict && f64::from(k.weight) >= match_threshold;
+    let mut offsets = vec![0u32; stds.len() + 1];
+    for k in kept.iter().filter(|k| links(k)) {
+        offsets[k.a as usize + 1] += 1;
+        offsets[k.b as usize + 1] += 1;
+    }
+    for i in 0..stds.len() {
+        offsets[i + 1] += offsets[i];
+    }
+    let mut fill = offsets.clone();
+    let mut neighbours = vec![(0u32, 0f32); offsets[stds.len()] as usize];
+    for k in kept.iter().filter(|k| links(k)) {
+        neighbours[fill[k.a as usize] as usize] = (k.b, k.weight);
+        fill[k.a as usize] += 1;
+        neighbours[fill[k.b as usize] as usize] = (k.a, k.weight);
+        fill[k.b as usize] += 1;
+    }
+    drop(fill);
+    // `x` is ambiguous between `other` and another record it links to nearly as strongly that
+    // is a different person from `other` (a household record without first name or date of
+    // birth links to every member): such a link goes to review, not into a cluster
+    let margin = settings.ambiguity_margin as f32;
+    let ambiguous = |x: u32, other: u32, w: f32| {
+        neighbours[offsets[x as usize] as usize..offsets[x as usize + 1] as usize].iter().any(|&(c, wc)| {
+            c != other && wc >= w - margin && compare::hard_conflict(&stds[c as usize], &stds[other as usize])
+        })
+    };
+
     // cluster: greedy by descending weight, refusing merges that bring conflicts together
     let mut clusters = Clusters::new(stds.len());
     let mut blocked_merges = 0;
     for k in &kept {
-        if k.conflict || f64::from(k.weight) < settings.match_threshold {
+        if !links(k) {
+            continue;
+        }
+        if ambiguous(k.a, k.b, k.weight) || ambiguous(k.b, k.a, k.weight) {
+            blocked_merges += 1;
             continue;
         }
         let compatible = |x: u32, y: u32| {
@@ -508,7 +563,7 @@ pub fn match_records(records: &[SourceRecord], settings: &MatchSettings) -> Matc
             continue;
         }
         let together = clusters.find(k.a) == clusters.find(k.b);
-        if together && f64::from(k.weight) >= settings.match_threshold {
+        if together && f64::from(k.weight) >= match_threshold {
             matches.push(scored(k));
         } else if !together {
             possible.push(scored(k));

@@ -214,10 +214,18 @@ impl SourceRecord {
 /// Settings of the matcher.
 #[derive(Debug, Clone)]
 pub struct MatchSettings {
-    /// Pairs whose total weight (log2 Bayes factor) reaches this are matches.
+    /// Pairs whose total weight (log2 Bayes factor) reaches this are matches (a floor: see
+    /// `match_log2_odds`).
     pub match_threshold: f64,
-    /// Pairs at or above this (and below `match_threshold`) are possible matches for review.
+    /// Pairs at or above this (and below the match threshold) are possible matches for review;
+    /// raised by as much as the match threshold is raised above `match_threshold`.
     pub possible_threshold: f64,
+    /// Posterior log2 odds a pair needs to be a match: the match threshold is at least this
+    /// minus the log2 prior odds that two records of the same kind match (estimated from the
+    /// EM match rate of candidate pairs over all pairs). The more records, the smaller the
+    /// prior, so a first name and date of birth shared by chance in a large population do not
+    /// make a match although they would in a small one.
+    pub match_log2_odds: f64,
     /// Region for phone numbers without a country code (ISO 3166 alpha-2).
     pub default_region: String,
     /// How ambiguous numeric dates are read.
@@ -233,6 +241,10 @@ pub struct MatchSettings {
     /// Two clusters do not merge when any two of their records, compared directly, weigh less
     /// than this (strong evidence that they are different people), besides hard conflicts.
     pub min_link_weight: f64,
+    /// A match-level link of record `x` to `y` does not merge when `x` also links, within this
+    /// many bits of that weight, to a record that is a different person from `y` (a household
+    /// record without first name links to every member): it goes to review instead.
+    pub ambiguity_margin: f64,
     /// Bound on the term-frequency adjustment, in bits either way.
     pub max_tf_adjustment: f64,
     /// Worker threads (0: as many as the machine has).
@@ -246,6 +258,7 @@ impl Default for MatchSettings {
         MatchSettings {
             match_threshold: 12.0,
             possible_threshold: 4.0,
+            match_log2_odds: -1.5,
             default_region: "GB".to_owned(),
             date_order: DateOrder::DayFirst,
             em_iterations: 25,
@@ -253,6 +266,7 @@ impl Default for MatchSettings {
             max_block_size: 300,
             max_cluster_size: 64,
             min_link_weight: -8.0,
+            ambiguity_margin: 0.0,
             max_tf_adjustment: 6.0,
             threads: 0,
             seed: 0x5eed,
@@ -308,6 +322,12 @@ pub struct Parameters {
     pub lambda: f64,
     /// EM iterations run.
     pub iterations: usize,
+    /// log2 prior odds that two records of the same kind match.
+    pub prior_log2_odds: f64,
+    /// The match threshold applied (see [`MatchSettings::match_log2_odds`]).
+    pub match_threshold: f64,
+    /// The possible-match threshold applied.
+    pub possible_threshold: f64,
 }
 
 impl Parameters {
