@@ -171,11 +171,37 @@ fn candidate_pairs(stds: &[Std], max_block: usize, threads: usize) -> Blocking {
     Blocking { pairs, patterns, skipped_blocks }
 }
 
+/// Weight, in pairs, of the prior of the u probabilities of small inputs.
+const SMALL_INPUT_PRIOR_PAIRS: u64 = 1000;
+
 /// u probabilities from random pairs of records of the same kind.
 fn estimate_u(stds: &[Std], settings: &MatchSettings) -> Vec<Vec<f64>> {
     let mut counts = [[0u64; MAX_LEVELS]; N_CMP];
     let n = stds.len();
-    if n >= 2 {
+    // Few records: every pair is compared once, and a prior of SMALL_INPUT_PRIOR_PAIRS pairs
+    // that disagree (but for one pair in a thousand agreeing at each other level) keeps the
+    // estimate sane, since a handful of records is mostly duplicates, not random pairs.
+    let small = n * n.saturating_sub(1) / 2 < settings.u_sample_pairs;
+    if small {
+        for (c, row) in counts.iter_mut().enumerate() {
+            let levels = n_levels(c);
+            for v in &mut row[1..levels - 1] {
+                *v += SMALL_INPUT_PRIOR_PAIRS / 1000;
+            }
+            row[levels - 1] += SMALL_INPUT_PRIOR_PAIRS - (levels as u64 - 2) * (SMALL_INPUT_PRIOR_PAIRS / 1000);
+        }
+        for i in 0..n {
+            for j in i + 1..n {
+                if stds[i].kind != stds[j].kind {
+                    continue;
+                }
+                let l = compare::compare(&stds[i], &stds[j]);
+                for c in 0..N_CMP {
+                    counts[c][l[c] as usize] += 1;
+                }
+            }
+        }
+    } else if n >= 2 {
         let mut rng = StdRng::seed_from_u64(settings.seed);
         let mut drawn = 0;
         let mut attempts = 0;
