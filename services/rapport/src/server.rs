@@ -14,7 +14,6 @@ use rapport_rpc::{
     remote_transport,
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
@@ -148,12 +147,15 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         .layer(TelemetryLayer)
         .layer(AuthLayer::new(auth))
         .into_inner();
+    // The builder's tcp_nodelay applies only to listeners tonic binds itself; an accepted stream keeps
+    // Nagle's algorithm unless the incoming sets it, and a response flushed in two writes then waits
+    // for the client's delayed ACK (40 ms on Linux).
+    let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let grpc = tonic::transport::Server::builder()
         .timeout(Duration::from_millis(settings.server.request_timeout_ms))
-        .tcp_nodelay(true)
         .layer(layers)
         .add_routes(routes.routes())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), shutdown.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
 
     let mut router =
         http_api::router(http_api::HttpState::new(mounted.iter().map(|m| (m.name, m.db.clone())).collect()));
