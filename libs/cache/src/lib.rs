@@ -15,6 +15,9 @@ use std::{
 use bytes::Bytes;
 use redis::{AsyncCommands, aio::ConnectionManager};
 
+mod memo;
+pub use memo::VersionedMemo;
+
 /// A cache or counter backend failure.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -226,9 +229,14 @@ impl Cache {
     /// old value before a change stores it under the old version, which no later reader asks for,
     /// because [`Cache::bump_version`] moved the version on after the change committed.
     pub async fn get_versioned(&self, key: &str) -> Option<(i64, Option<Bytes>)> {
-        let version = self.counter(&format!("{key}#v")).await.ok()?;
+        let version = self.version(key).await?;
         let value = self.get(&format!("{key}@{version}")).await;
         Some((version, value))
+    }
+
+    /// The current version of `key` alone; `None` when it cannot be read.
+    pub async fn version(&self, key: &str) -> Option<i64> {
+        self.counter(&format!("{key}#v")).await.ok()
     }
 
     /// Caches `value` as `key` at `version` (as read by [`Cache::get_versioned`]).

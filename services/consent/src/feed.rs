@@ -48,4 +48,8 @@ impl FeedHandler for IdentityFeed {
             }
         })
     }
+
+    fn committed<'a>(&'a self, _record: &'a OutboxRecord) -> BoxFuture<'a, ()> {
+        Box::pin(self.store.checks.changed())
+    }
 }

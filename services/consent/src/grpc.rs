@@ -308,9 +308,7 @@ impl Consent {
                 None => None,
             },
         };
-        let mut exec = Exec::Db(&self.store.db);
-        let scope = self.store.scope(&mut exec, customer.as_deref().unwrap_or_default(), cp).await?;
-        let o = self.store.evaluate(&mut exec, &scope, channel, &purpose, at, &region).await?;
+        let o = self.decide(customer.as_deref().unwrap_or_default(), cp, channel, &purpose, at, &region).await?;
         Ok(pb::CheckResponse {
             allowed: o.allowed,
             reason: o.reason as i32,
@@ -321,6 +319,37 @@ impl Consent {
             region: o.region,
             at: Some(timestamp(at)),
         })
+    }
+
+    /// Check's answer for a resolved customer and contact point: from the cached ledger read when the
+    /// ledger has not changed since it was made, else from the database.
+    async fn decide(
+        &self,
+        customer: &str,
+        cp: Option<Cp>,
+        channel: i32,
+        purpose: &str,
+        at: i64,
+        region: &str,
+    ) -> Result<crate::ledger::Outcome, Error> {
+        let checks = &self.store.checks;
+        let version = checks.version().await;
+        let key = match &cp {
+            Some(cp) => format!("{customer}\u{1f}{}\u{1f}{}\u{1f}{channel}\u{1f}{purpose}", cp.t, cp.v),
+            None => format!("{customer}\u{1f}\u{1f}\u{1f}{channel}\u{1f}{purpose}"),
+        };
+        if let Some(hit) = version.and_then(|v| checks.get(&key, v)) {
+            let (scope, loaded) = &hit.1;
+            return Ok(loaded.decide(&self.store.settings, scope, purpose, at, region));
+        }
+        let mut exec = Exec::Db(&self.store.db);
+        let scope = self.store.scope(&mut exec, customer, cp).await?;
+        let loaded = self.store.load(&mut exec, &scope, channel, purpose).await?;
+        let outcome = loaded.decide(&self.store.settings, &scope, purpose, at, region);
+        if let Some(version) = version {
+            checks.put(key, version, (scope, loaded));
+        }
+        Ok(outcome)
     }
 
     async fn scope_of(&self, field: &str, r: Option<&common::CustomerRef>, cp: Option<Cp>) -> Result<Scope, Error> {
@@ -423,7 +452,7 @@ impl Consent {
             .await?;
         messages.push(token_used(&claims, pb::TokenUseKind::Unsubscribed, &customer));
         Outbox::append(&mut tx, &messages).await?;
-        self.store.outbox.commit(tx).await?;
+        self.store.commit(tx).await?;
         Ok(pb::UnsubscribeResponse {
             withdrawn: appended.into_iter().next().map(|a| a.entry),
             suppression_id: suppression.suppression_id,
@@ -494,7 +523,7 @@ impl Consent {
         }
         messages.push(token_used(&claims, pb::TokenUseKind::DoubleOptInConfirmed, &customer));
         Outbox::append(&mut tx, &messages).await?;
-        self.store.outbox.commit(tx).await?;
+        self.store.commit(tx).await?;
         Ok(pb::ConfirmDoubleOptInResponse {
             granted: appended.into_iter().map(|a| a.entry).collect(),
             customer_id: customer,
@@ -808,7 +837,7 @@ impl ConsentService for Consent {
             .add_suppression(&mut tx, &cp, r.channel, reason, provenance, r.note, expires_at, &customer, &mut messages)
             .await?;
         Outbox::append(&mut tx, &messages).await.map_err(Error::from)?;
-        self.store.outbox.commit(tx).await.map_err(Error::from)?;
+        self.store.commit(tx).await?;
         Ok(Response::new(pb::AddSuppressionResponse { suppression: Some(suppression), created }))
     }
 
@@ -832,7 +861,7 @@ impl ConsentService for Consent {
             .await?
             .ok_or_else(|| Error::not_found(format!("suppression {}", r.suppression_id.trim())))?;
         Outbox::append(&mut tx, &messages).await.map_err(Error::from)?;
-        self.store.outbox.commit(tx).await.map_err(Error::from)?;
+        self.store.commit(tx).await?;
         Ok(Response::new(removed))
     }
 
@@ -1054,7 +1083,7 @@ impl ConsentService for Consent {
         rapport_storage::Audit::record_in(&mut tx, &caller, "customer.erase", &scope.customer, &detail)
             .await
             .map_err(Error::from)?;
-        self.store.outbox.commit(tx).await.map_err(Error::from)?;
+        self.store.commit(tx).await?;
         tracing::info!(customer_id = %scope.customer, records = erased, "customer erased from the consent ledger");
         Ok(Response::new(common::EraseCustomerResponse { records_erased: erased }))
     }

@@ -13,6 +13,7 @@ use crate::sql::Exec;
 use crate::store::Store;
 use crate::tokens::Signer;
 
+pub mod check_cache;
 pub mod feed;
 pub mod grpc;
 pub mod http;
@@ -71,6 +72,8 @@ pub async fn mount(ctx: ServiceContext) -> anyhow::Result<Mounted> {
         clients: ctx.clients.clone(),
         signer: Signer::new(key),
         base_url,
+        checks: check_cache::new(ctx.cache.clone(), 100_000),
+        aliases: check_cache::aliases(ctx.cache.clone(), 100_000),
     });
     let consent = Arc::new(grpc::Consent { store: store.clone(), shutdown: ctx.shutdown.clone() });
     let server = ConsentServiceServer::from_arc(consent.clone());

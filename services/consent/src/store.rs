@@ -70,6 +70,10 @@ pub struct Store {
     pub signer: Signer,
     /// The public base URL of the HTTP port, without a trailing slash.
     pub base_url: String,
+    /// Cached ledger reads for Check.
+    pub checks: crate::check_cache::CheckCache,
+    /// Cached alias resolutions, on the same version as `checks`.
+    pub aliases: crate::check_cache::AliasCache,
 }
 
 /// Topics of the consent feed.
@@ -115,12 +119,72 @@ pub struct Scope {
     pub cp: Option<Cp>,
 }
 
+/// What the ledger holds for one question (a scope, a channel and a purpose).
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    /// Whether the person was erased.
+    pub erased: bool,
+    /// The scope's entries of the channel and purpose.
+    pub entries: Vec<Stored>,
+    /// The contact point's active suppressions on the channel, newest first.
+    pub suppressions: Vec<pb::Suppression>,
+}
+
+impl Loaded {
+    /// The answer at `at`: pure, so a cached read answers for any instant.
+    pub fn decide(&self, settings: &ConsentSettings, scope: &Scope, purpose: &str, at: i64, region: &str) -> Outcome {
+        if self.erased {
+            return Outcome {
+                allowed: false,
+                reason: pb::CheckReason::Erased,
+                explanation: "the person was erased".into(),
+                entry: None,
+                suppression: None,
+                region: region.to_string(),
+            };
+        }
+        let refs: Vec<&Stored> = self.entries.iter().collect();
+        let winner = ledger::in_force(&refs, at, scope.merged_at, settings.merge());
+        let suppression = self.suppressions.iter().find(|s| {
+            millis_of(&s.created_at).is_none_or(|c| c <= at) && millis_of(&s.expires_at).is_none_or(|e| e > at)
+        });
+        let region = if region.is_empty() {
+            self.entries
+                .iter()
+                .filter(|e| !e.entry.region.is_empty() && e.occurred <= at)
+                .max_by_key(|e| (e.occurred, e.seq))
+                .map(|e| e.entry.region.clone())
+                .unwrap_or_default()
+        } else {
+            region.to_string()
+        };
+        ledger::decide(settings, purpose, winner, suppression, &region, at)
+    }
+}
+
+fn millis_of(t: &Option<prost_types::Timestamp>) -> Option<i64> {
+    t.as_ref().and_then(millis)
+}
+
 impl Store {
     /// The current id of `customer_id` (itself, or the survivor it was merged into).
+    /// Outside a transaction the answer is kept in the Check cache's memo of aliases, which merges and
+    /// splits invalidate with the ledger's version.
     pub async fn canonical(&self, exec: &mut Exec<'_>, customer_id: &str) -> Result<String, Error> {
+        let version = match exec {
+            Exec::Db(_) => self.aliases.version().await,
+            Exec::Tx(_) => None,
+        };
+        if let Some(kept) = version.and_then(|v| self.aliases.get(&customer_id.to_string(), v)) {
+            return Ok(kept.1.clone());
+        }
         let row: Vec<(String,)> =
             exec.all("SELECT customer_id FROM consent_aliases WHERE alias_id = $1", &[customer_id.into()]).await?;
-        Ok(row.into_iter().next().map(|r| r.0).unwrap_or_else(|| customer_id.to_string()))
+        let canonical = row.into_iter().next().map(|r| r.0).unwrap_or_else(|| customer_id.to_string());
+        if let Some(v) = version {
+            self.aliases.put(customer_id.to_string(), v, canonical.clone());
+        }
+        Ok(canonical)
     }
 
     /// The evaluation scope of `customer` (canonical) and `cp`.
@@ -187,23 +251,35 @@ impl Store {
         Ok(out)
     }
 
-    /// The active suppression of `cp` on `channel` at `at`, if any (the newest).
-    pub async fn suppression(
+    /// Every active suppression of `cp` on `channel` (or on every channel), newest first, whatever its
+    /// time window: [`Loaded::decide`] picks the one in force at the instant asked.
+    pub async fn suppressions_of(
         &self,
         exec: &mut Exec<'_>,
         cp: &Cp,
         channel: i32,
-        at: i64,
-    ) -> Result<Option<pb::Suppression>, Error> {
+    ) -> Result<Vec<pb::Suppression>, Error> {
         let rows: Vec<(i64, Vec<u8>)> = exec
             .all(
                 "SELECT seq, body FROM consent_suppressions WHERE cp_type = $1 AND (cp_value = $2 OR cp_value = $3)
-                 AND removed_at IS NULL AND (channel = 0 OR channel = $4) AND created_at <= $5
-                 AND (expires_at IS NULL OR expires_at > $5) ORDER BY seq DESC",
-                &[cp.t.into(), (&cp.v).into(), cp.hash().into(), channel.into(), at.into()],
+                 AND removed_at IS NULL AND (channel = 0 OR channel = $4) ORDER BY seq DESC",
+                &[cp.t.into(), (&cp.v).into(), cp.hash().into(), channel.into()],
             )
             .await?;
-        Ok(decode_suppressions(rows)?.into_iter().next())
+        decode_suppressions(rows)
+    }
+
+    /// What the ledger holds for `scope` on `channel` and `purpose`: what Check decides on.
+    pub async fn load(&self, exec: &mut Exec<'_>, scope: &Scope, channel: i32, purpose: &str) -> Result<Loaded, Error> {
+        if self.erased(exec, &scope.lineage).await? {
+            return Ok(Loaded { erased: true, entries: Vec::new(), suppressions: Vec::new() });
+        }
+        let entries = self.entries(exec, scope, Some((channel, purpose))).await?;
+        let suppressions = match &scope.cp {
+            Some(cp) => self.suppressions_of(exec, cp, channel).await?,
+            None => Vec::new(),
+        };
+        Ok(Loaded { erased: false, entries, suppressions })
     }
 
     /// What Check answers for `scope` on `channel` and `purpose` at `at`.
@@ -216,34 +292,15 @@ impl Store {
         at: i64,
         region: &str,
     ) -> Result<Outcome, Error> {
-        if self.erased(exec, &scope.lineage).await? {
-            return Ok(Outcome {
-                allowed: false,
-                reason: pb::CheckReason::Erased,
-                explanation: "the person was erased".into(),
-                entry: None,
-                suppression: None,
-                region: region.to_string(),
-            });
-        }
-        let entries = self.entries(exec, scope, Some((channel, purpose))).await?;
-        let refs: Vec<&Stored> = entries.iter().collect();
-        let winner = ledger::in_force(&refs, at, scope.merged_at, self.settings.merge());
-        let suppression = match &scope.cp {
-            Some(cp) => self.suppression(exec, cp, channel, at).await?,
-            None => None,
-        };
-        let region = if region.is_empty() {
-            entries
-                .iter()
-                .filter(|e| !e.entry.region.is_empty() && e.occurred <= at)
-                .max_by_key(|e| (e.occurred, e.seq))
-                .map(|e| e.entry.region.clone())
-                .unwrap_or_default()
-        } else {
-            region.to_string()
-        };
-        Ok(ledger::decide(&self.settings, purpose, winner, suppression.as_ref(), &region, at))
+        let loaded = self.load(exec, scope, channel, purpose).await?;
+        Ok(loaded.decide(&self.settings, scope, purpose, at, region))
+    }
+
+    /// Commits a change to the ledger with its outbox events, then moves the Check cache's version.
+    pub async fn commit(&self, tx: Tx) -> Result<(), Error> {
+        self.outbox.commit(tx).await?;
+        self.checks.changed().await;
+        Ok(())
     }
 
     /// Appends `entries` inside `tx` (idempotent by caller and key) and queues their events.
@@ -355,7 +412,7 @@ impl Store {
         let mut messages = Vec::new();
         let out = self.append(&mut tx, caller, entries, &mut messages).await?;
         Outbox::append(&mut tx, &messages).await?;
-        self.outbox.commit(tx).await?;
+        self.commit(tx).await?;
         Ok(out)
     }
 

@@ -233,6 +233,7 @@ pub struct Graph {
     settings: Arc<IdentitySettings>,
     writer: Arc<Mutex<()>>,
     events: Arc<dyn EventEncoder>,
+    lookups: Option<rapport_cache::VersionedMemo<Ident, String>>,
 }
 
 /// Encodes the outbox payloads of graph changes (the gRPC layer supplies the protobuf encoding).
@@ -257,7 +258,20 @@ const LAST_SEEN_RESOLUTION_MS: i64 = 24 * 3600 * 1000;
 impl Graph {
     /// The graph stored in `db`, publishing to `outbox`.
     pub fn new(db: Db, outbox: Outbox, settings: Arc<IdentitySettings>, events: Arc<dyn EventEncoder>) -> Self {
-        Self { db, outbox, settings, writer: Arc::new(Mutex::new(())), events }
+        Self { db, outbox, settings, writer: Arc::new(Mutex::new(())), events, lookups: None }
+    }
+
+    /// Keeps [`Graph::lookup`]'s answers in process, versioned in `cache`. Only found customers are kept:
+    /// an identifier's customer changes only by a merge, a split or an erasure, which move the version
+    /// after they commit; attaching and creating do not change any kept answer.
+    pub fn with_lookup_cache(mut self, cache: rapport_cache::Cache) -> Self {
+        self.lookups = Some(rapport_cache::VersionedMemo::new(
+            cache,
+            "identity:owners",
+            100_000,
+            std::time::Duration::from_secs(30),
+        ));
+        self
     }
 
     /// The database.
@@ -313,6 +327,10 @@ impl Graph {
     async fn finish(&self, mut tx: Tx, messages: Vec<OutboxMessage>) -> Result<(), Error> {
         Outbox::append(&mut tx, &messages).await?;
         self.outbox.commit(tx).await?;
+        let moved = messages.iter().any(|m| [TOPIC_MERGED, TOPIC_SPLIT, TOPIC_ERASED].contains(&m.topic.as_str()));
+        if let (Some(memo), true) = (&self.lookups, moved) {
+            memo.changed().await;
+        }
         Ok(())
     }
 
@@ -515,8 +533,21 @@ impl Graph {
 
     /// The customer holding `ident`, if any.
     pub async fn lookup(&self, ident: &Ident) -> Result<Option<String>, Error> {
+        let version = match &self.lookups {
+            Some(memo) => memo.version().await,
+            None => None,
+        };
+        if let (Some(memo), Some(v)) = (&self.lookups, version)
+            && let Some(kept) = memo.get(ident, v)
+        {
+            return Ok(Some(kept.1.clone()));
+        }
         let known = on_db!(&self.db, p => owners_of!(p, std::slice::from_ref(ident)));
-        Ok(known.into_values().next().map(|o| o.customer_id))
+        let found = known.into_values().next().map(|o| o.customer_id);
+        if let (Some(memo), Some(v), Some(customer)) = (&self.lookups, version, &found) {
+            memo.put(ident.clone(), v, customer.clone());
+        }
+        Ok(found)
     }
 
     /// The customer's identifiers, aliases and recorded changes.

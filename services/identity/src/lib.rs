@@ -32,7 +32,8 @@ pub async fn mount(ctx: ServiceContext) -> anyhow::Result<Mounted> {
     let settings: IdentitySettings = ctx.settings.section(NAME)?;
     let normalizer = Normalizer::new(&settings).map_err(anyhow::Error::msg)?;
     let outbox = Outbox::new(ctx.db.clone());
-    let graph = Graph::new(ctx.db.clone(), outbox.clone(), Arc::new(settings), Arc::new(grpc::ProtoEvents));
+    let graph = Graph::new(ctx.db.clone(), outbox.clone(), Arc::new(settings), Arc::new(grpc::ProtoEvents))
+        .with_lookup_cache(ctx.cache.clone());
     let service = grpc::Identity { graph, normalizer: Arc::new(normalizer), outbox, shutdown: ctx.shutdown.clone() };
     Ok(Mounted::new(NAME, ctx.db.clone(), IdentityServiceServer::new(service)))
 }
