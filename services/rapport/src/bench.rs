@@ -291,6 +291,96 @@ pub async fn profile_load(
     .await
 }
 
+/// Consent.Check load: first resolves `customers` customers in identity, each with an email address, and
+/// records an email-marketing grant for each address (in batches of 100); then each call checks one
+/// address (identity lookup, ledger and suppressions included).
+pub async fn consent_load(
+    spec: &LoadSpec,
+    channels: Vec<tonic::transport::Channel>,
+    token: Arc<str>,
+    customers: u64,
+) -> anyhow::Result<LoadReport> {
+    use futures::FutureExt as _;
+    use rapport_proto::common::v1::{Channel, Identifier, IdentifierType, Provenance, Purpose};
+    use rapport_proto::consent::v1::{
+        CheckRequest, ConsentStatus, EntryInput, Proof, ProofMethod, RecordRequest,
+        consent_service_client::ConsentServiceClient,
+    };
+    let contact = |who: u64| Identifier {
+        r#type: IdentifierType::Email as i32,
+        value: format!("consent{who}@example.com"),
+        namespace: String::new(),
+    };
+    let customers = customers.max(1);
+    let mut identity =
+        rapport_proto::identity::v1::identity_service_client::IdentityServiceClient::new(channels[0].clone());
+    for who in 0..customers {
+        let request = rapport_proto::identity::v1::ResolveRequest {
+            identifiers: vec![contact(who)],
+            provenance: Some(Provenance { source: "bench".into(), ..Default::default() }),
+            ..Default::default()
+        };
+        identity.resolve(authorized(request, &token)).await?;
+    }
+    let mut client = ConsentServiceClient::new(channels[0].clone());
+    let mut who = 0;
+    while who < customers {
+        let entries = (who..(who + 100).min(customers))
+            .map(|w| EntryInput {
+                contact_point: Some(contact(w)),
+                channel: Channel::Email as i32,
+                purpose: Some(Purpose { name: "marketing".into() }),
+                status: ConsentStatus::Granted as i32,
+                provenance: Some(Provenance { source: "bench".into(), ..Default::default() }),
+                proof: Some(Proof {
+                    notice_id: "bench".into(),
+                    notice_version: "1".into(),
+                    method: ProofMethod::WebForm as i32,
+                    ..Default::default()
+                }),
+                occurred_at: Some(now_ts()),
+                ..Default::default()
+            })
+            .collect();
+        client.record(authorized(RecordRequest { entries }, &token)).await?;
+        who += 100;
+    }
+    let n = channels.len() as u64;
+    Ok(run(spec, move |i| {
+        let mut client = ConsentServiceClient::new(channels[(i % n) as usize].clone());
+        let who = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % customers;
+        let request = authorized(
+            CheckRequest {
+                contact_point: Some(contact(who)),
+                channel: Channel::Email as i32,
+                purpose: Some(Purpose { name: "marketing".into() }),
+                region: "DE".into(),
+                ..Default::default()
+            },
+            &token,
+        );
+        async move {
+            let answer = client.check(request).await?.into_inner();
+            if answer.allowed {
+                Ok(())
+            } else {
+                Err(tonic::Status::internal(format!("denied: {}", answer.explanation)))
+            }
+        }
+        .boxed()
+    })
+    .await)
+}
+
+/// `message` as a request carrying the bearer `token`.
+pub fn authorized<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(v) = format!("Bearer {token}").parse() {
+        request.metadata_mut().insert("authorization", v);
+    }
+    request
+}
+
 /// Now as a protobuf timestamp.
 pub fn now_ts() -> prost_types::Timestamp {
     let ms = chrono::Utc::now().timestamp_millis();

@@ -34,8 +34,9 @@ struct BenchArgs {
     #[command(flatten)]
     client: ClientArgs,
     /// What to call: `ping` (the stack's floor), `resolve` (Identity.Resolve over a pool of customers),
-    /// `track` (Profile.Track batches, identity included) or `get-profile` (cached Profile.GetProfile).
-    #[arg(value_parser = ["ping", "resolve", "track", "get-profile"])]
+    /// `track` (Profile.Track batches, identity included), `get-profile` (cached Profile.GetProfile) or
+    /// `check` (Consent.Check of a contact point with a recorded grant).
+    #[arg(value_parser = ["ping", "resolve", "track", "get-profile", "check"])]
     target: String,
     /// Calls started per second.
     #[arg(long, default_value_t = 1000)]
@@ -215,13 +216,7 @@ async fn health(args: ClientArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bearer<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Ok(value) = format!("Bearer {token}").parse() {
-        request.metadata_mut().insert("authorization", value);
-    }
-    request
-}
+use rapport::bench::authorized as bearer;
 
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     use futures::FutureExt as _;
@@ -249,6 +244,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         }
         "resolve" => rapport::bench::resolve_load(&spec, channels, token, args.customers).await,
         "track" => rapport::bench::profile_load(&spec, channels, token, args.customers, "track", args.batch).await,
+        "check" => rapport::bench::consent_load(&spec, channels, token, args.customers).await?,
         _ => rapport::bench::profile_load(&spec, channels, token, args.customers, "get", 0).await,
     };
     println!("{}", report.summary(&format!("{} at {}/s over {} connection(s)", args.target, args.rate, n)));
