@@ -191,6 +191,17 @@ pub struct Overrides {
     pub services: Option<Vec<String>>,
 }
 
+/// The items of `value` when it is a TOML array of strings without commas (`["US", "CA"]`).
+fn toml_array(value: &str) -> Option<Vec<String>> {
+    let trimmed = value.trim();
+    if !(trimmed.starts_with('[') && trimmed.ends_with(']')) {
+        return None;
+    }
+    let parsed: toml::Table = toml::from_str(&format!("v = {trimmed}")).ok()?;
+    let items = parsed.get("v")?.as_array()?;
+    items.iter().map(|i| i.as_str().filter(|s| !s.contains(',')).map(str::to_string)).collect()
+}
+
 impl Settings {
     /// Loads defaults, then `file`, then the process environment, then `overrides`.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
@@ -210,16 +221,27 @@ impl Settings {
                 .map_err(|e| ConfigError::File { path: path.to_path_buf(), message: e.to_string() })?;
             builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
         }
-        let env: config::Map<String, String> = env.into_iter().filter(|(k, _)| k.starts_with("RAPPORT__")).collect();
-        builder = builder.add_source(
-            config::Environment::with_prefix("RAPPORT")
-                .prefix_separator("__")
-                .separator("__")
-                .list_separator(",")
-                .with_list_parse_key("server.services")
-                .try_parsing(true)
-                .source(Some(env)),
-        );
+        let mut env: config::Map<String, String> =
+            env.into_iter().filter(|(k, _)| k.starts_with("RAPPORT__")).collect();
+        // A list in the environment is written as a TOML array (`["US", "CA"]`); `server.services` also
+        // takes a plain comma-separated list.
+        let mut list_keys = vec!["server.services".to_string()];
+        for (name, value) in env.iter_mut() {
+            if let Some(items) = toml_array(value) {
+                let key = name.trim_start_matches("RAPPORT__").to_ascii_lowercase().replace("__", ".");
+                *value = items.join(",");
+                list_keys.push(key);
+            }
+        }
+        let mut environment = config::Environment::with_prefix("RAPPORT")
+            .prefix_separator("__")
+            .separator("__")
+            .list_separator(",")
+            .try_parsing(true);
+        for key in list_keys {
+            environment = environment.with_list_parse_key(&key);
+        }
+        builder = builder.add_source(environment.source(Some(env)));
         let set = |b: config::ConfigBuilder<config::builder::DefaultState>, key: &str, v: Option<String>| {
             b.set_override_option(key, v).map_err(invalid)
         };
@@ -311,6 +333,22 @@ mod tests {
         assert_eq!(s.server.http_listen, "127.0.0.1:3");
         assert_eq!(s.server.shutdown_grace_seconds, 3);
         assert_eq!(s.enabled_services(), vec!["consent", "profile"]);
+    }
+
+    #[test]
+    fn a_list_in_the_environment_is_a_toml_array() {
+        #[derive(serde::Deserialize)]
+        struct Consent {
+            opt_out_regions: Vec<String>,
+        }
+        let s = Settings::load_with_env(
+            None,
+            &Overrides::default(),
+            env(&[("RAPPORT__CONSENT__OPT_OUT_REGIONS", r#"["US", "CA"]"#)]),
+        )
+        .unwrap();
+        let consent: Consent = s.section("consent").unwrap();
+        assert_eq!(consent.opt_out_regions, vec!["US".to_string(), "CA".to_string()]);
     }
 
     #[test]
