@@ -497,3 +497,85 @@ async fn consent_follows_merges_most_restrictive_and_a_split_restores_it() {
     }
     suite.stop().await;
 }
+
+#[tokio::test]
+async fn tc_strings_and_gpc_record_web_consent_with_the_signal_as_proof() {
+    let suite = TestSuite::start().await;
+    let channel = suite.channel().await;
+    let mut consent = ConsentServiceClient::new(channel.clone());
+    let kim = email("kim@example.com");
+    resolve(&suite, &channel, vec![kim.clone()]).await;
+    let web = |purpose_name: &str| pb::CheckRequest {
+        customer: by(kim.clone()),
+        channel: Channel::Web as i32,
+        purpose: purpose(purpose_name),
+        region: "DE".into(),
+        ..Default::default()
+    };
+
+    // Consent to TCF purposes 1, 3, 4 (marketing by default) but not 5 and 6 (personalisation).
+    let now = rapport_storage::now_millis();
+    let tc = rapport_consent::tcf::encode(&rapport_consent::tcf::TcString {
+        created_ms: now - 60_000,
+        last_updated_ms: now - 60_000,
+        cmp_id: 300,
+        cmp_version: 7,
+        consent_screen: 1,
+        consent_language: "DE".into(),
+        vendor_list_version: 120,
+        policy_version: 4,
+        purpose_consents: vec![1, 3, 4],
+        purpose_legitimate_interests: vec![],
+    });
+    let request = || pb::RecordTcfStringRequest {
+        customer: by(kim.clone()),
+        tc_string: tc.clone(),
+        provenance: source("cmp"),
+        proof: Some(pb::Proof { ip_address: "203.0.113.9".into(), ..Default::default() }),
+        occurred_at: None,
+    };
+    let recorded = consent.record_tcf_string(suite.admin(request())).await.unwrap().into_inner();
+    let summary = recorded.tcf.unwrap();
+    assert_eq!((summary.cmp_id, summary.policy_version, summary.consent_language.as_str()), (300, 4, "de"));
+    assert_eq!(summary.purpose_consents, vec![1, 3, 4]);
+    assert_eq!(recorded.entries.len(), 3, "marketing, personalisation and analytics are mapped by default");
+    let marketing = ask(&suite, &mut consent, web("marketing")).await;
+    assert!(marketing.allowed, "{marketing:?}");
+    let proof = marketing.entry.unwrap().proof.unwrap();
+    assert_eq!(proof.method, pb::ProofMethod::TcfString as i32);
+    assert_eq!(proof.notice_id, "tcf-cmp-300");
+    assert!(!ask(&suite, &mut consent, web("personalisation")).await.allowed);
+
+    // The same string again records nothing new.
+    consent.record_tcf_string(suite.admin(request())).await.unwrap();
+    let history = consent
+        .history(suite.admin(pb::HistoryRequest { customer: by(kim.clone()), ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(history.entries.len(), 3);
+
+    // A broken string: refused naming the field, nothing recorded.
+    let err = consent
+        .record_tcf_string(suite.admin(pb::RecordTcfStringRequest { tc_string: "CPX!".into(), ..request() }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("tc_string"), "{}", err.message());
+
+    // Global Privacy Control denies marketing on the web from now on.
+    let gpc = consent
+        .record_gpc_signal(suite.admin(pb::RecordGpcSignalRequest {
+            customer: by(kim.clone()),
+            provenance: source("webshop"),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(gpc.entries.len(), 1);
+    let after = ask(&suite, &mut consent, web("marketing")).await;
+    assert!(!after.allowed);
+    assert_eq!(after.entry.unwrap().proof.unwrap().method, pb::ProofMethod::GpcSignal as i32);
+    suite.stop().await;
+}

@@ -118,6 +118,7 @@ fn proof(field: &str, p: Option<&pb::Proof>, default_method: Option<pb::ProofMet
 }
 
 use prost::Message as _;
+use sha2::Digest as _;
 
 fn region(field: &str, r: &str) -> Result<String, Error> {
     let r = r.trim().to_ascii_uppercase();
@@ -350,6 +351,52 @@ impl Consent {
             checks.put(key, version, (scope, loaded));
         }
         Ok(outcome)
+    }
+
+    /// Records what a browser signal (a TC string, GPC) says about `purposes` on the web channel, with the
+    /// signal as proof. `key` makes a replayed signal record nothing new.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_signal(
+        &self,
+        caller: &str,
+        customer: Option<&common::CustomerRef>,
+        provenance_in: Option<&common::Provenance>,
+        proof_in: pb::Proof,
+        occurred_at: i64,
+        region_in: &str,
+        purposes: Vec<(String, pb::ConsentStatus)>,
+        key: &str,
+    ) -> Result<Vec<pb::ConsentEntry>, Error> {
+        if customer.and_then(|c| c.r#ref.as_ref()).is_none() {
+            return Err(Error::invalid("customer", "is required"));
+        }
+        let provenance = provenance("provenance", provenance_in)?;
+        let proof = proof("proof", Some(&proof_in), None)?;
+        if occurred_at > now_millis() + FIVE_MINUTES {
+            return Err(Error::invalid("occurred_at", "is more than 5 minutes in the future"));
+        }
+        let region = region("region", region_in)?;
+        let customer_id = self.person("customer", customer, None).await?.unwrap_or_default();
+        self.refuse_erased("customer", &customer_id).await?;
+        let entries = purposes
+            .into_iter()
+            .map(|(purpose, status)| NewEntry {
+                customer_id: customer_id.clone(),
+                cp: Cp::default(),
+                channel: common::Channel::Web as i32,
+                idempotency_key: format!("{key}:{purpose}"),
+                purpose,
+                status,
+                legal_basis: pb::LegalBasis::Consent as i32,
+                provenance: provenance.clone(),
+                proof: proof.clone(),
+                occurred_at,
+                expires_at: None,
+                region: region.clone(),
+                token_id: String::new(),
+            })
+            .collect();
+        Ok(self.store.record(caller, entries).await?.into_iter().map(|a| a.entry).collect())
     }
 
     async fn scope_of(&self, field: &str, r: Option<&common::CustomerRef>, cp: Option<Cp>) -> Result<Scope, Error> {
@@ -804,6 +851,96 @@ impl ConsentService for Consent {
             unsubscribe_ttl_seconds: s.unsubscribe_ttl_seconds,
             request_deadline_days: s.request_deadline_days,
         }))
+    }
+
+    async fn record_tcf_string(
+        &self,
+        request: Request<pb::RecordTcfStringRequest>,
+    ) -> Result<Response<pb::RecordSignalResponse>, Status> {
+        let caller = caller(&request);
+        let r = request.into_inner();
+        if r.tc_string.len() > 8 * 1024 {
+            return Err(Error::invalid("tc_string", "at most 8 KiB").into());
+        }
+        let tc = crate::tcf::decode(&r.tc_string).map_err(|e| Error::invalid("tc_string", e))?;
+        let occurred_at = optional_time("occurred_at", r.occurred_at.as_ref())?.unwrap_or(tc.last_updated_ms);
+        let mut proof = r.proof.unwrap_or_default();
+        proof.method = pb::ProofMethod::TcfString as i32;
+        if proof.notice_id.is_empty() {
+            proof.notice_id = format!("tcf-cmp-{}", tc.cmp_id);
+            proof.notice_version = format!("policy {}, vendor list {}", tc.policy_version, tc.vendor_list_version);
+        }
+        proof.details = Some(json_to_struct(serde_json::json!({
+            "tc_string": r.tc_string.trim(),
+            "cmp_id": tc.cmp_id,
+            "cmp_version": tc.cmp_version,
+            "consent_screen": tc.consent_screen,
+            "purpose_consents": tc.purpose_consents,
+            "purpose_legitimate_interests": tc.purpose_legitimate_interests,
+        })));
+        let purposes = self
+            .store
+            .settings
+            .tcf_purposes
+            .iter()
+            .map(|(purpose, needed)| {
+                let all = needed.iter().all(|p| tc.purpose_consents.contains(p));
+                (purpose.clone(), if all { pb::ConsentStatus::Granted } else { pb::ConsentStatus::Denied })
+            })
+            .collect();
+        let digest = hex::encode(sha2::Sha256::digest(r.tc_string.trim().as_bytes()));
+        let entries = self
+            .record_signal(
+                &caller,
+                r.customer.as_ref(),
+                r.provenance.as_ref(),
+                proof,
+                occurred_at,
+                "",
+                purposes,
+                &format!("tcf:{}", &digest[..32]),
+            )
+            .await?;
+        Ok(Response::new(pb::RecordSignalResponse {
+            entries,
+            tcf: Some(pb::TcfSummary {
+                cmp_id: tc.cmp_id as i32,
+                cmp_version: tc.cmp_version as i32,
+                policy_version: tc.policy_version as i32,
+                consent_language: tc.consent_language.to_ascii_lowercase(),
+                purpose_consents: tc.purpose_consents.iter().map(|p| *p as i32).collect(),
+                purpose_legitimate_interests: tc.purpose_legitimate_interests.iter().map(|p| *p as i32).collect(),
+                last_updated: Some(timestamp(tc.last_updated_ms)),
+            }),
+        }))
+    }
+
+    async fn record_gpc_signal(
+        &self,
+        request: Request<pb::RecordGpcSignalRequest>,
+    ) -> Result<Response<pb::RecordSignalResponse>, Status> {
+        let caller = caller(&request);
+        let r = request.into_inner();
+        let occurred_at = optional_time("occurred_at", r.occurred_at.as_ref())?.unwrap_or_else(now_millis);
+        let mut proof = r.proof.unwrap_or_default();
+        proof.method = pb::ProofMethod::GpcSignal as i32;
+        let purposes =
+            self.store.settings.gpc_purposes.iter().map(|p| (p.clone(), pb::ConsentStatus::Denied)).collect();
+        // Browsers send the signal with every request: one entry per person, purpose and day.
+        let key = format!("gpc:{}", occurred_at.div_euclid(86_400_000));
+        let entries = self
+            .record_signal(
+                &caller,
+                r.customer.as_ref(),
+                r.provenance.as_ref(),
+                proof,
+                occurred_at,
+                &r.region,
+                purposes,
+                &key,
+            )
+            .await?;
+        Ok(Response::new(pb::RecordSignalResponse { entries, tcf: None }))
     }
 
     async fn add_suppression(

@@ -22,6 +22,7 @@ pub mod normalize;
 pub mod settings;
 pub mod sql;
 pub mod store;
+pub mod tcf;
 pub mod tokens;
 
 /// The service's short name: its config section, database and schema.

@@ -1,5 +1,7 @@
 //! The `[consent]` section of the configuration.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 /// How consent is checked, combined and signed.
@@ -32,6 +34,11 @@ pub struct ConsentSettings {
     pub public_base_url: String,
     /// Days allowed to answer a data-subject request.
     pub request_deadline_days: i32,
+    /// For TC strings: each purpose granted on the web channel when every listed TCF purpose (1..=11)
+    /// has consent, and denied otherwise. Purposes not listed are not recorded from TC strings.
+    pub tcf_purposes: BTreeMap<String, Vec<u32>>,
+    /// For the Global Privacy Control signal: the purposes it denies on the web channel.
+    pub gpc_purposes: Vec<String>,
 }
 
 impl Default for ConsentSettings {
@@ -50,6 +57,15 @@ impl Default for ConsentSettings {
             token_secret: String::new(),
             public_base_url: String::new(),
             request_deadline_days: 30,
+            tcf_purposes: [
+                ("marketing", vec![1, 3, 4]),
+                ("personalisation", vec![1, 5, 6]),
+                ("analytics", vec![1, 8, 9]),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            gpc_purposes: vec!["marketing".into()],
         }
     }
 }
@@ -97,6 +113,19 @@ impl ConsentSettings {
         }
         if self.unsubscribe_ttl_seconds <= 0 {
             return Err("consent.unsubscribe_ttl_seconds: must be positive".into());
+        }
+        for (purpose, tcf) in &self.tcf_purposes {
+            if !self.purposes.contains(purpose) {
+                return Err(format!("consent.tcf_purposes.{purpose}: `{purpose}` is not in consent.purposes"));
+            }
+            if tcf.is_empty() || tcf.iter().any(|p| !(1..=11).contains(p)) {
+                return Err(format!("consent.tcf_purposes.{purpose}: list TCF purposes between 1 and 11"));
+            }
+        }
+        for (i, p) in self.gpc_purposes.iter().enumerate() {
+            if !self.purposes.contains(p) {
+                return Err(format!("consent.gpc_purposes[{i}]: `{p}` is not in consent.purposes"));
+            }
         }
         if !self.token_secret.is_empty() && self.token_secret.len() < 16 {
             return Err("consent.token_secret: at least 16 characters".into());
@@ -162,6 +191,11 @@ mod tests {
         assert!(bad.validate().unwrap_err().starts_with("consent.service_purposes[0]"));
         let bad = ConsentSettings { merge_policy: "random".into(), ..Default::default() };
         assert!(bad.validate().unwrap_err().starts_with("consent.merge_policy"));
+        let mut bad = ConsentSettings::default();
+        bad.tcf_purposes.insert("marketing".into(), vec![12]);
+        assert!(bad.validate().unwrap_err().starts_with("consent.tcf_purposes.marketing"));
+        let bad = ConsentSettings { gpc_purposes: vec!["ads".into()], ..Default::default() };
+        assert!(bad.validate().unwrap_err().starts_with("consent.gpc_purposes[0]"));
         assert!(ConsentSettings::default().validate().is_ok());
     }
 }
