@@ -579,3 +579,124 @@ async fn tc_strings_and_gpc_record_web_consent_with_the_signal_as_proof() {
     assert_eq!(after.entry.unwrap().proof.unwrap().method, pb::ProofMethod::GpcSignal as i32);
     suite.stop().await;
 }
+
+#[tokio::test]
+async fn data_subject_requests_export_and_erase_across_the_services() {
+    use rapport_proto::profile::v1::{self as profile, profile_service_client::ProfileServiceClient};
+    let suite = TestSuite::start().await;
+    let channel = suite.channel().await;
+    let mut consent = ConsentServiceClient::new(channel.clone());
+    let mut profiles = ProfileServiceClient::new(channel.clone());
+    let ann = email("ann@example.com");
+    profiles
+        .track(suite.admin(profile::TrackRequest {
+            events: vec![profile::Event {
+                message_id: "m1".into(),
+                name: "order_completed".into(),
+                occurred_at: ago(1),
+                identifiers: vec![ann.clone()],
+                context: Some(profile::EventContext { source: "webshop".into(), ..Default::default() }),
+                properties: Some(rapport_rpc::convert::json_to_struct(
+                    serde_json::json!({"revenue_minor": 4999, "currency": "EUR"}),
+                )),
+                ..Default::default()
+            }],
+        }))
+        .await
+        .unwrap();
+    record(&suite, &mut consent, entry(ann.clone(), pb::ConsentStatus::Granted, 1)).await;
+
+    // Bad input names the field; an unknown request is not found.
+    let err = consent.start_export(suite.admin(pb::StartExportRequest::default())).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("subject"), "{}", err.message());
+    let err =
+        consent.get_export(suite.admin(pb::GetExportRequest { request_id: "dsr_nothing".into() })).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    // Export: one document with every service's part, a step per service, the legal deadline.
+    let export = consent
+        .start_export(suite.admin(pb::StartExportRequest {
+            subject: by(ann.clone()),
+            reference: "ticket-42".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(export.state, pb::RequestState::Completed as i32, "{export:?}");
+    assert_eq!(export.customer_ids.len(), 1);
+    let step = |r: &pb::DataSubjectRequest, s: &str| r.steps.iter().find(|x| x.service == s).cloned().unwrap();
+    for s in ["identity", "profile", "consent"] {
+        let st = step(&export, s);
+        assert_eq!(st.state, pb::RequestState::Completed as i32, "{st:?}");
+        assert!(st.records > 0, "{st:?}");
+    }
+    for s in ["decision", "delivery"] {
+        assert_eq!(step(&export, s).state, pb::RequestState::NoData as i32);
+    }
+    let received = rapport_rpc::convert::millis(export.received_at.as_ref().unwrap()).unwrap();
+    let due = rapport_rpc::convert::millis(export.due_at.as_ref().unwrap()).unwrap();
+    assert_eq!(due - received, 30 * 86_400_000);
+    let result = consent
+        .get_export(suite.admin(pb::GetExportRequest { request_id: export.request_id.clone() }))
+        .await
+        .unwrap()
+        .into_inner();
+    let document = rapport_rpc::convert::struct_to_json(result.document.as_ref().unwrap());
+    let services = document["services"].as_object().unwrap();
+    for s in ["identity", "profile", "consent"] {
+        assert!(services.contains_key(s), "the export lacks {s}: {document:?}");
+    }
+
+    // Erasure: a receipt line per service that held data; afterwards nobody finds the person.
+    let erasure = consent
+        .start_erasure(suite.admin(pb::StartErasureRequest { subject: by(ann.clone()), ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(erasure.state, pb::RequestState::Completed as i32, "{erasure:?}");
+    let receipt = consent
+        .get_erasure(suite.admin(pb::GetErasureRequest { request_id: erasure.request_id.clone() }))
+        .await
+        .unwrap()
+        .into_inner();
+    for s in ["identity", "profile", "consent"] {
+        let line = receipt.receipt.iter().find(|l| l.service == s).unwrap_or_else(|| panic!("no {s} line"));
+        assert!(line.count > 0, "{line:?}");
+    }
+    let lookup = IdentityServiceClient::new(channel.clone())
+        .lookup(suite.admin(id::LookupRequest { identifier: Some(ann.clone()) }))
+        .await
+        .unwrap_err();
+    assert_eq!(lookup.code(), Code::NotFound);
+    let read = profiles
+        .get_profile(suite.admin(profile::GetProfileRequest {
+            customer: by(ann.clone()),
+            purpose: "dsr check".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(read.code(), Code::NotFound);
+
+    // Both requests are tracked with their state.
+    let listed = consent
+        .list_data_subject_requests(suite.admin(pb::ListDataSubjectRequestsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.requests.len(), 2);
+    let erasures =
+        consent
+            .list_data_subject_requests(suite.admin(pb::ListDataSubjectRequestsRequest {
+                kind: pb::RequestKind::Erasure as i32,
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+    assert_eq!(erasures.requests.len(), 1);
+    assert_eq!(erasures.requests[0].request_id, erasure.request_id);
+    suite.stop().await;
+}

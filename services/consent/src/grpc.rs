@@ -399,6 +399,14 @@ impl Consent {
         Ok(self.store.record(caller, entries).await?.into_iter().map(|a| a.entry).collect())
     }
 
+    fn requests(&self) -> crate::dsr::Requests<'_> {
+        crate::dsr::Requests {
+            db: &self.store.db,
+            clients: &self.store.clients,
+            deadline_days: self.store.settings.request_deadline_days,
+        }
+    }
+
     async fn scope_of(&self, field: &str, r: Option<&common::CustomerRef>, cp: Option<Cp>) -> Result<Scope, Error> {
         let customer = self.person(field, r, cp.as_ref()).await?;
         self.store.scope(&mut Exec::Db(&self.store.db), customer.as_deref().unwrap_or_default(), cp).await
@@ -609,7 +617,7 @@ fn status_error(s: Status) -> Error {
     Error::new(code, s.message().to_string())
 }
 
-fn page(p: Option<&common::PageRequest>) -> Result<(usize, usize), Error> {
+pub(crate) fn page(p: Option<&common::PageRequest>) -> Result<(usize, usize), Error> {
     let p = p.cloned().unwrap_or_default();
     let size = rapport_rpc::convert::page_size("page.page_size", p.page_size, 50, 1000)? as usize;
     let offset = if p.page_token.is_empty() {
@@ -620,7 +628,7 @@ fn page(p: Option<&common::PageRequest>) -> Result<(usize, usize), Error> {
     Ok((size, offset))
 }
 
-fn paged<T>(items: Vec<T>, size: usize, offset: usize) -> (Vec<T>, common::PageResponse) {
+pub(crate) fn paged<T>(items: Vec<T>, size: usize, offset: usize) -> (Vec<T>, common::PageResponse) {
     let total = items.len();
     let items: Vec<T> = items.into_iter().skip(offset).take(size).collect();
     let next = if offset + size < total { (offset + size).to_string() } else { String::new() };
@@ -941,6 +949,60 @@ impl ConsentService for Consent {
             )
             .await?;
         Ok(Response::new(pb::RecordSignalResponse { entries, tcf: None }))
+    }
+
+    async fn start_export(
+        &self,
+        request: Request<pb::StartExportRequest>,
+    ) -> Result<Response<pb::DataSubjectRequest>, Status> {
+        let caller = caller(&request);
+        let r = request.into_inner();
+        let (request, _) = self
+            .requests()
+            .run(&caller, pb::RequestKind::Export, r.subject.as_ref(), r.received_at.as_ref(), &r.reference)
+            .await?;
+        Ok(Response::new(request))
+    }
+
+    async fn get_export(&self, request: Request<pb::GetExportRequest>) -> Result<Response<pb::ExportResult>, Status> {
+        let r = request.into_inner();
+        let (request, result) = self.requests().get(&r.request_id, pb::RequestKind::Export).await?;
+        let document = prost_types::Struct::decode(result.as_slice()).map_err(Error::internal)?;
+        Ok(Response::new(pb::ExportResult { request: Some(request), document: Some(document) }))
+    }
+
+    async fn start_erasure(
+        &self,
+        request: Request<pb::StartErasureRequest>,
+    ) -> Result<Response<pb::DataSubjectRequest>, Status> {
+        let caller = caller(&request);
+        let r = request.into_inner();
+        let (request, _) = self
+            .requests()
+            .run(&caller, pb::RequestKind::Erasure, r.subject.as_ref(), r.received_at.as_ref(), &r.reference)
+            .await?;
+        Ok(Response::new(request))
+    }
+
+    async fn get_erasure(
+        &self,
+        request: Request<pb::GetErasureRequest>,
+    ) -> Result<Response<pb::ErasureResult>, Status> {
+        let r = request.into_inner();
+        let (request, result) = self.requests().get(&r.request_id, pb::RequestKind::Erasure).await?;
+        let stored = pb::ErasureResult::decode(result.as_slice()).map_err(Error::internal)?;
+        Ok(Response::new(pb::ErasureResult { request: Some(request), receipt: stored.receipt }))
+    }
+
+    async fn list_data_subject_requests(
+        &self,
+        request: Request<pb::ListDataSubjectRequestsRequest>,
+    ) -> Result<Response<pb::ListDataSubjectRequestsResponse>, Status> {
+        let r = request.into_inner();
+        let (size, offset) = page(r.page.as_ref())?;
+        let all = self.requests().list(&r).await?;
+        let (requests, page) = paged(all, size, offset);
+        Ok(Response::new(pb::ListDataSubjectRequestsResponse { requests, page: Some(page) }))
     }
 
     async fn add_suppression(

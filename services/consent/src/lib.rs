@@ -14,6 +14,7 @@ use crate::store::Store;
 use crate::tokens::Signer;
 
 pub mod check_cache;
+pub mod dsr;
 pub mod feed;
 pub mod grpc;
 pub mod http;
