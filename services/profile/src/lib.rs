@@ -45,6 +45,7 @@ pub async fn mount(ctx: ServiceContext) -> anyhow::Result<Mounted> {
         shutdown: ctx.shutdown.clone(),
     };
     let cache = ctx.cache.clone();
+    let periodic_cache = ctx.cache.clone();
     let follower = Arc::new(follow::FollowIdentity {
         store: store.clone(),
         on_change: Arc::new(move |customers: Vec<String>| {
@@ -73,6 +74,14 @@ pub async fn mount(ctx: ServiceContext) -> anyhow::Result<Mounted> {
                 }
                 if let Err(e) = store.reevaluate_all(500).await {
                     tracing::warn!(error = %e, "segment evaluation pass failed");
+                }
+                match store.enforce_retention(500).await {
+                    Ok(trimmed) => {
+                        for c in trimmed {
+                            grpc::invalidate(&periodic_cache, &c).await;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "event retention pass failed"),
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => return,

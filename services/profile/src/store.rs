@@ -500,6 +500,29 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes events older than their name's retention (`[profile] retention_days`), at most `batch`
+    /// customers per event name per call, and recomputes each affected profile from what is left.
+    /// Returns the customers whose timelines were trimmed (their cached profiles must be invalidated).
+    pub async fn enforce_retention(&self, batch: i64) -> Result<Vec<String>, Error> {
+        let now = now_millis();
+        let mut trimmed = Vec::new();
+        for (name, days) in &self.settings.retention_days {
+            let cutoff = now - i64::from(*days) * 86_400_000;
+            let customers: Vec<String> = on_db!(&self.db, p => sqlx::query_scalar(
+                "SELECT DISTINCT customer_id FROM events WHERE name = $1 AND occurred_at < $2 LIMIT $3",
+            ).bind(name).bind(cutoff).bind(batch).fetch_all(p).await?);
+            for customer in customers {
+                let mut tx = self.db.begin().await?;
+                on_tx!(&mut tx, t => sqlx::query("DELETE FROM events WHERE customer_id = $1 AND name = $2 AND occurred_at < $3")
+                    .bind(&customer).bind(name).bind(cutoff).execute(&mut **t).await?.rows_affected());
+                self.rebuild_in(&mut tx, &customer).await?;
+                self.outbox.commit(tx).await?;
+                trimmed.push(customer);
+            }
+        }
+        Ok(trimmed)
+    }
+
     /// Recomputes a profile from its timeline.
     async fn rebuild_in(&self, tx: &mut Tx, customer: &str) -> Result<(), Error> {
         let now = now_millis();

@@ -142,3 +142,30 @@ async fn segments_are_entered_and_left_as_profiles_change() {
         .collect();
     assert_eq!(topics, vec!["profile.segment_entered", "profile.segment_exited"]);
 }
+
+#[tokio::test]
+async fn events_past_their_retention_are_deleted_and_the_profile_recomputed() {
+    let settings = StoreSettings {
+        retention_days: [("order_completed".to_string(), 365)].into_iter().collect(),
+        ..StoreSettings::default()
+    };
+    let (s, _storage) = store(settings).await;
+    let today = rapport_storage::now_millis() / 86_400_000;
+    let old = event("m1", "order_completed", today - 400, json!({"revenue_minor": 1000, "currency": "EUR"}));
+    let recent = event("m2", "order_completed", today - 10, json!({"revenue_minor": 500, "currency": "EUR"}));
+    let view = event("m3", "page_viewed", today - 900, json!({}));
+    s.append("cus_a", &[old, recent, view], "shop").await.unwrap();
+    assert_eq!(s.get("cus_a").await.unwrap().unwrap().computed.order_count, 2);
+
+    let trimmed = s.enforce_retention(100).await.unwrap();
+    assert_eq!(trimmed, vec!["cus_a".to_string()]);
+    let left: Vec<String> =
+        s.timeline("cus_a", &[], None, None, None, 100).await.unwrap().into_iter().map(|e| e.message_id).collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(!left.contains(&"m1".to_string()), "the expired order is still there: {left:?}");
+    assert!(left.contains(&"m3".to_string()), "page views have no retention and stay");
+    let p = s.get("cus_a").await.unwrap().unwrap();
+    assert_eq!((p.computed.order_count, p.computed.total_revenue_minor), (1, 500));
+    // Nothing left to trim.
+    assert!(s.enforce_retention(100).await.unwrap().is_empty());
+}
