@@ -128,6 +128,9 @@ impl Profile {
     }
 }
 
+/// The first key of the advisory locks on profiles ("prof" in ASCII).
+const PROFILE_LOCK_SPACE: i32 = 0x7072_6f66;
+
 /// The `[profile]` configuration section.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -305,6 +308,7 @@ impl Store {
             for id in ids {
                 let now = now_millis();
                 let mut tx = self.db.begin().await?;
+                self.lock_profiles(&mut tx, &[&id]).await?;
                 let Some(mut profile) = on_tx!(&mut tx, t => load_profile!(&mut **t, &id)) else { continue };
                 let before = profile.segments.clone();
                 let (entered, exited) =
@@ -349,6 +353,7 @@ impl Store {
         let id = self.canonical(customer_id).await?;
         let now = now_millis();
         let mut tx = self.db.begin().await?;
+        self.lock_profiles(&mut tx, &[&id]).await?;
         let mut profile =
             on_tx!(&mut tx, t => load_profile!(&mut **t, &id)).unwrap_or_else(|| Profile::empty(&id, now));
         let mut out = Appended::default();
@@ -454,6 +459,7 @@ impl Store {
     /// `survivor`, its traits and computed traits are folded in, and its id becomes an alias.
     pub async fn merge_in(&self, tx: &mut Tx, survivor: &str, merged: &str) -> Result<Vec<OutboxMessage>, Error> {
         let now = now_millis();
+        self.lock_profiles(tx, &[survivor, merged]).await?;
         let other = on_tx!(tx, t => load_profile!(&mut **t, merged));
         on_tx!(tx, t => sqlx::query("UPDATE events SET customer_id = $1 WHERE customer_id = $2")
             .bind(survivor).bind(merged).execute(&mut **t).await?.rows_affected());
@@ -483,6 +489,7 @@ impl Store {
     /// Applies identity's split inside `tx`: the events first resolved to `split` (or to its `aliases`)
     /// move back to it, it stops being an alias, and both profiles are rebuilt from their timelines.
     pub async fn split_in(&self, tx: &mut Tx, customer: &str, split: &str, aliases: &[String]) -> Result<(), Error> {
+        self.lock_profiles(tx, &[customer, split]).await?;
         let mut origins = aliases.to_vec();
         origins.push(split.to_string());
         for origin in &origins {
@@ -513,6 +520,7 @@ impl Store {
             ).bind(name).bind(cutoff).bind(batch).fetch_all(p).await?);
             for customer in customers {
                 let mut tx = self.db.begin().await?;
+                self.lock_profiles(&mut tx, &[&customer]).await?;
                 on_tx!(&mut tx, t => sqlx::query("DELETE FROM events WHERE customer_id = $1 AND name = $2 AND occurred_at < $3")
                     .bind(&customer).bind(name).bind(cutoff).execute(&mut **t).await?.rows_affected());
                 self.rebuild_in(&mut tx, &customer).await?;
@@ -521,6 +529,25 @@ impl Store {
             }
         }
         Ok(trimmed)
+    }
+
+    /// Serialises writers of the same profiles on PostgreSQL for the rest of `tx` (a profile update reads,
+    /// changes and writes the row); SQLite serialises every writer already. Ids are locked in order, so two
+    /// writers never wait for each other crosswise.
+    async fn lock_profiles(&self, tx: &mut Tx, ids: &[&str]) -> Result<(), Error> {
+        if let Tx::Postgres(t) = tx {
+            let mut ids = ids.to_vec();
+            ids.sort_unstable();
+            ids.dedup();
+            for id in ids {
+                sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+                    .bind(PROFILE_LOCK_SPACE)
+                    .bind(id)
+                    .execute(&mut **t)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Recomputes a profile from its timeline.
@@ -556,6 +583,7 @@ impl Store {
 
     /// Removes `customer_id`, the given `aliases` and every alias stored for it, inside `tx`.
     pub async fn erase_in(&self, tx: &mut Tx, customer_id: &str, aliases: &[String]) -> Result<u64, Error> {
+        self.lock_profiles(tx, &[customer_id]).await?;
         let mut everyone: Vec<String> = on_tx!(tx, c => sqlx::query_scalar("SELECT customer_id FROM profile_aliases WHERE survivor = $1")
             .bind(customer_id).fetch_all(&mut **c).await?);
         everyone.extend(aliases.iter().cloned());

@@ -169,3 +169,24 @@ async fn events_past_their_retention_are_deleted_and_the_profile_recomputed() {
     // Nothing left to trim.
     assert!(s.enforce_retention(100).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn concurrent_events_of_one_customer_are_all_counted() {
+    let (s, _storage) = store(StoreSettings::default()).await;
+    let s = Arc::new(s);
+    let today = rapport_storage::now_millis() / 86_400_000;
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let order =
+                event(&format!("m{i}"), "order_completed", today - 1, json!({"revenue_minor": 100, "currency": "EUR"}));
+            s.append("cus_a", &[order], "shop").await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let p = s.get("cus_a").await.unwrap().unwrap();
+    assert_eq!((p.computed.order_count, p.computed.total_revenue_minor), (16, 1600));
+}
