@@ -51,7 +51,7 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
             .map_err(|e| anyhow::anyhow!("OTEL_EXPORTER_OTLP_ENDPOINT: {e}"))?;
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
-            .with_resource(Resource::builder().with_service_name(settings.service_name.clone()).build())
+            .with_resource(Resource::builder().with_service_name(service_name(&settings.service_name)).build())
             .build();
         let tracer = provider.tracer("rapport");
         global::set_tracer_provider(provider.clone());
@@ -114,4 +114,10 @@ mod tests {
         global::get_text_map_propagator(|p| p.inject_context(&cx, &mut HeaderInjector(&mut out)));
         assert_eq!(out.get("traceparent").unwrap(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
     }
+}
+
+/// The service name traces carry: `OTEL_SERVICE_NAME` when set (the OpenTelemetry convention, used by the
+/// Helm chart per component), else `telemetry.service_name`.
+fn service_name(configured: &str) -> String {
+    std::env::var("OTEL_SERVICE_NAME").ok().filter(|s| !s.trim().is_empty()).unwrap_or_else(|| configured.to_string())
 }
