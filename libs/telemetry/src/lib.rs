@@ -97,6 +97,12 @@ pub fn set_parent_from_headers(span: &tracing::Span, headers: &http::HeaderMap) 
     let _ = span.set_parent(cx);
 }
 
+/// The service name traces carry: `OTEL_SERVICE_NAME` when set (the OpenTelemetry convention, used by the
+/// Helm chart per component), else `telemetry.service_name`.
+fn service_name(configured: &str) -> String {
+    std::env::var("OTEL_SERVICE_NAME").ok().filter(|s| !s.trim().is_empty()).unwrap_or_else(|| configured.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,10 +120,4 @@ mod tests {
         global::get_text_map_propagator(|p| p.inject_context(&cx, &mut HeaderInjector(&mut out)));
         assert_eq!(out.get("traceparent").unwrap(), "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
     }
-}
-
-/// The service name traces carry: `OTEL_SERVICE_NAME` when set (the OpenTelemetry convention, used by the
-/// Helm chart per component), else `telemetry.service_name`.
-fn service_name(configured: &str) -> String {
-    std::env::var("OTEL_SERVICE_NAME").ok().filter(|s| !s.trim().is_empty()).unwrap_or_else(|| configured.to_string())
 }
