@@ -372,6 +372,70 @@ pub async fn consent_load(
     .await)
 }
 
+/// Freshness under load: each call tracks an order of a new customer, then reads the profile by the same
+/// email until its computed order count shows the order (or 2 s pass: an error). The latency reported is
+/// from the Track call to the first read that reflects it.
+pub async fn freshness_load(spec: &LoadSpec, channels: Vec<tonic::transport::Channel>, token: Arc<str>) -> LoadReport {
+    use futures::FutureExt as _;
+    use rapport_proto::common::v1::{CustomerRef, Identifier, IdentifierType, customer_ref::Ref};
+    use rapport_proto::profile::v1::{
+        Event, EventContext, GetProfileRequest, TrackRequest, profile_service_client::ProfileServiceClient,
+    };
+    let n = channels.len() as u64;
+    let run_id = format!(
+        "{:x}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos()
+    );
+    run(spec, move |i| {
+        let mut client = ProfileServiceClient::new(channels[(i % n) as usize].clone());
+        let token = token.clone();
+        let who = Identifier {
+            r#type: IdentifierType::Email as i32,
+            value: format!("fresh-{run_id}-{i}@example.com"),
+            namespace: String::new(),
+        };
+        let message_id = format!("fresh-{run_id}-{i}");
+        async move {
+            let order = Event {
+                message_id,
+                name: "order_completed".into(),
+                occurred_at: Some(now_ts()),
+                identifiers: vec![who.clone()],
+                properties: Some(rapport_rpc::convert::json_to_struct(
+                    serde_json::json!({"revenue_minor": 1999, "currency": "EUR"}),
+                )),
+                context: Some(EventContext { source: "bench".into(), ..Default::default() }),
+                ..Default::default()
+            };
+            client.track(authorized(TrackRequest { events: vec![order] }, &token)).await?;
+            let deadline = Instant::now() + Duration::from_secs(2);
+            loop {
+                let read = client
+                    .get_profile(authorized(
+                        GetProfileRequest {
+                            customer: Some(CustomerRef { r#ref: Some(Ref::Identifier(who.clone())) }),
+                            field_mask: Some(prost_types::FieldMask { paths: vec!["computed".into()] }),
+                            purpose: "bench".into(),
+                        },
+                        &token,
+                    ))
+                    .await;
+                if let Ok(p) = read
+                    && p.into_inner().computed.is_some_and(|c| c.order_count >= 1)
+                {
+                    return Ok(());
+                }
+                if Instant::now() > deadline {
+                    return Err(tonic::Status::deadline_exceeded("the order was not reflected within 2 s"));
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        .boxed()
+    })
+    .await
+}
+
 /// `message` as a request carrying the bearer `token`.
 pub fn authorized<T>(message: T, token: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);

@@ -35,8 +35,9 @@ struct BenchArgs {
     client: ClientArgs,
     /// What to call: `ping` (the stack's floor), `resolve` (Identity.Resolve over a pool of customers),
     /// `track` (Profile.Track batches, identity included), `get-profile` (cached Profile.GetProfile) or
-    /// `check` (Consent.Check of a contact point with a recorded grant).
-    #[arg(value_parser = ["ping", "resolve", "track", "get-profile", "check"])]
+    /// `check` (Consent.Check of a contact point with a recorded grant) or `freshness` (an order tracked, then
+    /// read back until its computed traits show it).
+    #[arg(value_parser = ["ping", "resolve", "track", "get-profile", "check", "freshness"])]
     target: String,
     /// Calls started per second.
     #[arg(long, default_value_t = 1000)]
@@ -245,6 +246,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "resolve" => rapport::bench::resolve_load(&spec, channels, token, args.customers).await,
         "track" => rapport::bench::profile_load(&spec, channels, token, args.customers, "track", args.batch).await,
         "check" => rapport::bench::consent_load(&spec, channels, token, args.customers).await?,
+        "freshness" => rapport::bench::freshness_load(&spec, channels, token).await,
         _ => rapport::bench::profile_load(&spec, channels, token, args.customers, "get", 0).await,
     };
     println!("{}", report.summary(&format!("{} at {}/s over {} connection(s)", args.target, args.rate, n)));
