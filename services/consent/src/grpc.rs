@@ -441,6 +441,17 @@ impl Consent {
         Ok(self.claims_response(&claims, used))
     }
 
+    /// The contact point a token names and the customer holding it now.
+    async fn token_subject(&self, claims: &Claims) -> Result<(Cp, String), Error> {
+        let cp = Cp { t: claims.ct, v: claims.cv.clone() };
+        let customer = if claims.c.is_empty() {
+            self.holder(&cp).await?.unwrap_or_default()
+        } else {
+            self.store.canonical(&mut Exec::Db(&self.store.db), &claims.c).await?
+        };
+        Ok((cp, customer))
+    }
+
     /// Spends an unsubscribe token.
     pub async fn unsubscribe_with(
         &self,
@@ -453,39 +464,16 @@ impl Consent {
         }
         let claims = self.store.open_token(token, "unsub").await?;
         let proof = proof("proof", proof_in, Some(pb::ProofMethod::UnsubscribeLink))?;
-        let cp = Cp { t: claims.ct, v: claims.cv.clone() };
-        let customer = if claims.c.is_empty() {
-            self.holder(&cp).await?.unwrap_or_default()
-        } else {
-            self.store.canonical(&mut Exec::Db(&self.store.db), &claims.c).await?
-        };
-        let now = now_millis();
+        let (cp, customer) = self.token_subject(&claims).await?;
         let mut tx = self.store.db.begin().await?;
         self.store.spend(&mut tx, &claims).await?;
         let mut messages = Vec::new();
-        let entries = claims
-            .p
-            .iter()
-            .map(|p| NewEntry {
-                customer_id: customer.clone(),
-                cp: cp.clone(),
-                channel: claims.ch,
-                purpose: p.clone(),
-                status: pb::ConsentStatus::Withdrawn,
-                legal_basis: pb::LegalBasis::Consent as i32,
-                provenance: common::Provenance {
-                    source: "unsubscribe".into(),
-                    source_record_id: claims.m.clone(),
-                    actor: String::new(),
-                },
-                proof: proof.clone(),
-                occurred_at: occurred.unwrap_or(now),
-                expires_at: None,
-                region: String::new(),
-                token_id: claims.id.clone(),
-                idempotency_key: String::new(),
-            })
-            .collect();
+        let source = common::Provenance {
+            source: "unsubscribe".into(),
+            source_record_id: claims.m.clone(),
+            actor: String::new(),
+        };
+        let entries = token_entries(&claims, &customer, pb::ConsentStatus::Withdrawn, &source, &proof, occurred);
         let appended = self.store.append(&mut tx, "unsubscribe", entries, &mut messages).await?;
         let (suppression, _) = self
             .store
@@ -494,11 +482,7 @@ impl Consent {
                 &cp,
                 claims.ch,
                 pb::SuppressionReason::Unsubscribed,
-                common::Provenance {
-                    source: "unsubscribe".into(),
-                    source_record_id: claims.m.clone(),
-                    actor: String::new(),
-                },
+                source,
                 String::new(),
                 None,
                 &customer,
@@ -530,39 +514,16 @@ impl Consent {
             proof.notice_id = "double-opt-in".into();
             proof.notice_version = "1".into();
         }
-        let cp = Cp { t: claims.ct, v: claims.cv.clone() };
-        let customer = if claims.c.is_empty() {
-            self.holder(&cp).await?.unwrap_or_default()
-        } else {
-            self.store.canonical(&mut Exec::Db(&self.store.db), &claims.c).await?
-        };
-        let now = now_millis();
+        let (cp, customer) = self.token_subject(&claims).await?;
         let mut tx = self.store.db.begin().await?;
         self.store.spend(&mut tx, &claims).await?;
         let mut messages = Vec::new();
-        let entries = claims
-            .p
-            .iter()
-            .map(|p| NewEntry {
-                customer_id: customer.clone(),
-                cp: cp.clone(),
-                channel: claims.ch,
-                purpose: p.clone(),
-                status: pb::ConsentStatus::Granted,
-                legal_basis: pb::LegalBasis::Consent as i32,
-                provenance: common::Provenance {
-                    source: "double_opt_in".into(),
-                    source_record_id: claims.id.clone(),
-                    actor: String::new(),
-                },
-                proof: proof.clone(),
-                occurred_at: occurred.unwrap_or(now),
-                expires_at: None,
-                region: claims.r.clone(),
-                token_id: claims.id.clone(),
-                idempotency_key: String::new(),
-            })
-            .collect();
+        let source = common::Provenance {
+            source: "double_opt_in".into(),
+            source_record_id: claims.id.clone(),
+            actor: String::new(),
+        };
+        let entries = token_entries(&claims, &customer, pb::ConsentStatus::Granted, &source, &proof, occurred);
         let appended = self.store.append(&mut tx, "double_opt_in", entries, &mut messages).await?;
         // A confirmed opt-in lifts an unsubscribe of the contact point on the channel.
         for s in self
@@ -584,6 +545,37 @@ impl Consent {
             customer_id: customer,
         })
     }
+}
+
+/// The entries a spent token records: one per purpose it names, on its contact point and channel.
+fn token_entries(
+    claims: &Claims,
+    customer: &str,
+    status: pb::ConsentStatus,
+    provenance: &common::Provenance,
+    proof: &pb::Proof,
+    occurred: Option<i64>,
+) -> Vec<NewEntry> {
+    let occurred_at = occurred.unwrap_or_else(now_millis);
+    claims
+        .p
+        .iter()
+        .map(|p| NewEntry {
+            customer_id: customer.to_string(),
+            cp: Cp { t: claims.ct, v: claims.cv.clone() },
+            channel: claims.ch,
+            purpose: p.clone(),
+            status,
+            legal_basis: pb::LegalBasis::Consent as i32,
+            provenance: provenance.clone(),
+            proof: proof.clone(),
+            occurred_at,
+            expires_at: None,
+            region: claims.r.clone(),
+            token_id: claims.id.clone(),
+            idempotency_key: String::new(),
+        })
+        .collect()
 }
 
 fn token_used(claims: &Claims, kind: pb::TokenUseKind, customer: &str) -> rapport_storage::OutboxMessage {

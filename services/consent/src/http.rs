@@ -11,8 +11,10 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use rapport_errors::ErrorCode;
+use rapport_proto::consent::v1::TokenKind;
 
 use crate::grpc::Consent;
+use crate::tokens::TokenError;
 
 /// The routes, served on the HTTP port.
 pub fn router(consent: Arc<Consent>) -> Router {
@@ -54,27 +56,41 @@ fn token(q: &HashMap<String, String>) -> String {
     q.get("token").cloned().unwrap_or_default()
 }
 
-async fn unsubscribe_page(State(c): State<Arc<Consent>>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let t = token(&q);
+/// The page a GET of a link shows: what the link would do, with a button that POSTs it; or why it cannot.
+async fn link_page(
+    c: &Consent,
+    q: &HashMap<String, String>,
+    kind: TokenKind,
+    title: &str,
+    question: &str,
+    form: &str,
+) -> Response {
+    let t = token(q);
     match c.describe(&t).await {
-        Ok(d) if d.kind == rapport_proto::consent::v1::TokenKind::Unsubscribe as i32 && d.valid => page(
+        Ok(d) if d.kind == kind as i32 && d.valid => page(
             StatusCode::OK,
-            "Unsubscribe",
+            title,
             &format!(
-                "<p>Stop messages to {}?</p><form method=\"post\" action=\"/consent/unsubscribe?token={}\">\
-                 <input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">\
-                 <button type=\"submit\">Unsubscribe</button></form>",
+                "<p>{question} {}?</p><form method=\"post\" action=\"{}?token={}\">{form}</form>",
                 escape(&d.masked_contact_point),
+                match kind {
+                    TokenKind::DoubleOptIn => "/consent/confirm",
+                    _ => "/consent/unsubscribe",
+                },
                 escape(&t)
             ),
         ),
-        Ok(d) if d.kind != rapport_proto::consent::v1::TokenKind::Unsubscribe as i32 => {
-            error_page(&crate::tokens::TokenError::BadSignature.to_error())
-        }
-        Ok(d) if d.used => error_page(&crate::tokens::TokenError::Used.to_error()),
-        Ok(_) => error_page(&crate::tokens::TokenError::Expired.to_error()),
+        Ok(d) if d.kind != kind as i32 => error_page(&TokenError::BadSignature.to_error()),
+        Ok(d) if d.used => error_page(&TokenError::Used.to_error()),
+        Ok(_) => error_page(&TokenError::Expired.to_error()),
         Err(e) => error_page(&e),
     }
+}
+
+async fn unsubscribe_page(State(c): State<Arc<Consent>>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let form = "<input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">\
+                <button type=\"submit\">Unsubscribe</button>";
+    link_page(&c, &q, TokenKind::Unsubscribe, "Unsubscribe", "Stop messages to", form).await
 }
 
 async fn unsubscribe(State(c): State<Arc<Consent>>, Query(q): Query<HashMap<String, String>>) -> Response {
@@ -87,25 +103,8 @@ async fn unsubscribe(State(c): State<Arc<Consent>>, Query(q): Query<HashMap<Stri
 }
 
 async fn confirm_page(State(c): State<Arc<Consent>>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let t = token(&q);
-    match c.describe(&t).await {
-        Ok(d) if d.kind == rapport_proto::consent::v1::TokenKind::DoubleOptIn as i32 && d.valid => page(
-            StatusCode::OK,
-            "Confirm your subscription",
-            &format!(
-                "<p>Confirm messages to {}?</p><form method=\"post\" action=\"/consent/confirm?token={}\">\
-                 <button type=\"submit\">Confirm</button></form>",
-                escape(&d.masked_contact_point),
-                escape(&t)
-            ),
-        ),
-        Ok(d) if d.kind != rapport_proto::consent::v1::TokenKind::DoubleOptIn as i32 => {
-            error_page(&crate::tokens::TokenError::BadSignature.to_error())
-        }
-        Ok(d) if d.used => error_page(&crate::tokens::TokenError::Used.to_error()),
-        Ok(_) => error_page(&crate::tokens::TokenError::Expired.to_error()),
-        Err(e) => error_page(&e),
-    }
+    let form = "<button type=\"submit\">Confirm</button>";
+    link_page(&c, &q, TokenKind::DoubleOptIn, "Confirm your subscription", "Confirm messages to", form).await
 }
 
 async fn confirm(State(c): State<Arc<Consent>>, Query(q): Query<HashMap<String, String>>) -> Response {

@@ -185,14 +185,7 @@ pub async fn resolve_load(
             }),
             ..Default::default()
         };
-        async move {
-            let mut request = tonic::Request::new(request);
-            if let Ok(v) = format!("Bearer {token}").parse() {
-                request.metadata_mut().insert("authorization", v);
-            }
-            client.resolve(request).await.map(|_| ())
-        }
-        .boxed()
+        async move { client.resolve(authorized(request, &token)).await.map(|_| ()) }.boxed()
     })
     .await
 }
@@ -221,7 +214,7 @@ pub async fn profile_load(
     if !track {
         let mut client = ProfileServiceClient::new(channels[0].clone());
         for who in 0..customers {
-            let mut request = tonic::Request::new(TrackRequest {
+            let request = TrackRequest {
                 events: vec![Event {
                     name: "page_viewed".into(),
                     occurred_at: Some(crate::bench::now_ts()),
@@ -233,11 +226,8 @@ pub async fn profile_load(
                     context: Some(EventContext { source: "bench".into(), ..Default::default() }),
                     ..Default::default()
                 }],
-            });
-            if let Ok(v) = format!("Bearer {token}").parse() {
-                request.metadata_mut().insert("authorization", v);
-            }
-            if let Ok(r) = client.track(request).await
+            };
+            if let Ok(r) = client.track(authorized(request, &token)).await
                 && let Some(first) = r.into_inner().results.first()
             {
                 known.lock().expect("ids").push(first.customer_id.clone());
@@ -250,8 +240,6 @@ pub async fn profile_load(
         let who = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % customers;
         let known = known.clone();
         async move {
-            let auth: tonic::metadata::MetadataValue<_> =
-                format!("Bearer {token}").parse().map_err(|_| tonic::Status::internal("token"))?;
             if track {
                 let events = (0..batch)
                     .map(|k| Event {
@@ -267,23 +255,20 @@ pub async fn profile_load(
                         ..Default::default()
                     })
                     .collect();
-                let mut request = tonic::Request::new(TrackRequest { events });
-                request.metadata_mut().insert("authorization", auth);
-                client.track(request).await.map(|_| ())
+                client.track(authorized(TrackRequest { events }, &token)).await.map(|_| ())
             } else {
                 let id = {
                     let ids = known.lock().expect("ids");
                     ids[(who as usize) % ids.len().max(1)].clone()
                 };
-                let mut request = tonic::Request::new(GetProfileRequest {
+                let request = GetProfileRequest {
                     customer: Some(CustomerRef { r#ref: Some(Ref::CustomerId(id)) }),
                     field_mask: Some(prost_types::FieldMask {
                         paths: vec!["traits".into(), "computed".into(), "segments".into()],
                     }),
                     purpose: "bench".into(),
-                });
-                request.metadata_mut().insert("authorization", auth);
-                client.get_profile(request).await.map(|_| ())
+                };
+                client.get_profile(authorized(request, &token)).await.map(|_| ())
             }
         }
         .boxed()
