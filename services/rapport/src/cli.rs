@@ -27,6 +27,36 @@ enum Command {
     Health(ClientArgs),
     /// Load a running server at a fixed rate and report latency quantiles (docs/BENCHMARKS.md).
     Bench(BenchArgs),
+    /// Look a customer up: a profile by any identifier, a timeline.
+    Profile(ProfileArgs),
+    /// Record, check and list consent.
+    Consent(ConsentArgs),
+    /// Import a CSV file of customers or events through a column mapping.
+    Import(ImportCommandArgs),
+}
+
+#[derive(Debug, Args)]
+struct ProfileArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(subcommand)]
+    command: crate::ops::profile::ProfileCommand,
+}
+
+#[derive(Debug, Args)]
+struct ConsentArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(subcommand)]
+    command: crate::ops::consent::ConsentCommand,
+}
+
+#[derive(Debug, Args)]
+struct ImportCommandArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(flatten)]
+    import: crate::ops::import::ImportArgs,
 }
 
 #[derive(Debug, Args)]
@@ -62,10 +92,10 @@ struct BenchArgs {
 #[derive(Debug, Args)]
 struct ConfigArgs {
     /// TOML configuration file, layered over the embedded defaults and under RAPPORT__SECTION__KEY.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     config: Option<PathBuf>,
     /// Directory for embedded storage and the admin token [default: ./data].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", global = true)]
     data_dir: Option<PathBuf>,
 }
 
@@ -98,10 +128,10 @@ struct ClientArgs {
     #[command(flatten)]
     config: ConfigArgs,
     /// Server address [default: http:// + server.grpc_listen].
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", global = true)]
     endpoint: Option<String>,
     /// Bearer token [default: the admin token file of the data directory].
-    #[arg(long, env = "RAPPORT_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "RAPPORT_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
 }
 
@@ -129,7 +159,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ping(args) => ping(args).await,
         Command::Health(args) => health(args).await,
         Command::Bench(args) => bench(args).await,
+        Command::Profile(args) => {
+            let (channel, token) = connect(&args.client).await?;
+            crate::ops::profile::run(args.command, channel, &token).await
+        }
+        Command::Consent(args) => {
+            let (channel, token) = connect(&args.client).await?;
+            crate::ops::consent::run(args.command, channel, &token).await
+        }
+        Command::Import(args) => {
+            let (channel, token) = connect(&args.client).await?;
+            crate::ops::import::run(args.import, channel, &token).await
+        }
     }
+}
+
+/// A channel to the server `args` names and the token to call it with.
+async fn connect(args: &ClientArgs) -> anyhow::Result<(tonic::transport::Channel, String)> {
+    let target = target(args)?;
+    let token = target
+        .token
+        .context("no token: pass --token or RAPPORT_TOKEN, or run where the data directory holds admin.token")?;
+    Ok((channel(&target.endpoint).await?, token))
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -173,11 +224,9 @@ async fn channel(endpoint: &str) -> anyhow::Result<tonic::transport::Channel> {
 }
 
 async fn ping(args: ClientArgs) -> anyhow::Result<()> {
-    let target = target(&args)?;
-    let token = target
-        .token
-        .context("no token: pass --token or RAPPORT_TOKEN, or run where the data directory holds admin.token")?;
-    let mut client = DiagnosticsServiceClient::new(channel(&target.endpoint).await?);
+    let (channel, token) = connect(&args).await?;
+    let endpoint = target(&args)?.endpoint;
+    let mut client = DiagnosticsServiceClient::new(channel);
     let mut request = tonic::Request::new(PingRequest { payload: b"ping".to_vec() });
     request.metadata_mut().insert(
         "authorization",
@@ -185,7 +234,7 @@ async fn ping(args: ClientArgs) -> anyhow::Result<()> {
     );
     let start = std::time::Instant::now();
     client.ping(request).await.map_err(|s| anyhow::anyhow!("{}: {}", s.code(), s.message()))?;
-    println!("pong from {} in {:.2} ms", target.endpoint, start.elapsed().as_secs_f64() * 1000.0);
+    println!("pong from {endpoint} in {:.2} ms", start.elapsed().as_secs_f64() * 1000.0);
     Ok(())
 }
 
@@ -254,4 +303,15 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         println!("first error: {e}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
 }

@@ -2,6 +2,7 @@
 
 mod cli;
 mod identity_cli;
+mod ops;
 
 use std::process::ExitCode;
 
