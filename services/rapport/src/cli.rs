@@ -27,12 +27,30 @@ enum Command {
     Health(ClientArgs),
     /// Load a running server at a fixed rate and report latency quantiles (docs/BENCHMARKS.md).
     Bench(BenchArgs),
+    /// Play a small retailer on the whole suite in this process (embedded storage, file sinks).
+    Demo(DemoArgs),
     /// Look a customer up: a profile by any identifier, a timeline.
     Profile(ProfileArgs),
     /// Record, check and list consent.
     Consent(ConsentArgs),
     /// Import a CSV file of customers or events through a column mapping.
     Import(ImportCommandArgs),
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// The seed of everything generated: the same seed plays the same story.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// How many people the retailer has.
+    #[arg(long, default_value_t = 300)]
+    people: usize,
+    /// Where the embedded databases and message sinks go [default: a new directory under the system's temp dir].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Leave the suite serving afterwards, for exploring with the CLI.
+    #[arg(long)]
+    keep_running: bool,
 }
 
 #[derive(Debug, Args)]
@@ -159,6 +177,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ping(args) => ping(args).await,
         Command::Health(args) => health(args).await,
         Command::Bench(args) => bench(args).await,
+        Command::Demo(args) => {
+            rapport::demo::run(rapport::demo::DemoOptions {
+                seed: args.seed,
+                people: args.people,
+                data_dir: args.data_dir,
+                keep_running: args.keep_running,
+            })
+            .await
+        }
         Command::Profile(args) => {
             let (channel, token) = connect(&args.client).await?;
             crate::ops::profile::run(args.command, channel, &token).await

@@ -1,0 +1,28 @@
+//! `rapport demo` plays its retailer end to end and the same seed tells the same story.
+
+use std::process::Command;
+
+fn demo(seed: &str, dir: &std::path::Path) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_rapport"))
+        .args(["demo", "--seed", seed, "--people", "60", "--data-dir", dir.to_str().expect("utf-8 path")])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "demo failed: {}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
+/// The lines of the report that do not depend on the clock or the directory.
+fn story(out: &str) -> Vec<String> {
+    out.lines().filter(|l| !l.starts_with("done in") && !l.contains("data in")).map(str::to_string).collect()
+}
+
+#[test]
+fn the_demo_merges_every_persons_records_and_is_deterministic() {
+    let (a, b) = (tempfile::tempdir().expect("temp dir"), tempfile::tempdir().expect("temp dir"));
+    let first = demo("3", a.path());
+    assert!(first.contains("became 60 customers (60 people; 0 of them still spread"), "{first}");
+    assert!(first.contains(", 0 refused"), "{first}");
+    assert_eq!(story(&first), story(&demo("3", b.path())), "the same seed plays the same story");
+}
