@@ -9,6 +9,7 @@ import hashlib
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -38,23 +39,94 @@ def _fresh_postgres(url):
     return f"{base}/{name}", drop
 
 
+SERVICES = ["identity", "consent", "profile", "decision", "delivery"]
+
+
 class Suite:
-    def __init__(self, grpc_addr, http_addr, token):
-        self.grpc_addr = grpc_addr
-        self.http_url = f"http://{http_addr}"
+    """One running deployment: all services in one process, or each service in its own process."""
+
+    def __init__(self, mode, grpc_addrs, http_addrs, token):
+        self.mode = mode
+        self.grpc_addrs = grpc_addrs
+        self.http_addrs = http_addrs
         self.token = token
-        self.channel = grpc.insecure_channel(grpc_addr)
+        self._channels = {}
+
+    def channel_for(self, service):
+        """A channel to the process serving `service`."""
+        addr = self.grpc_addrs[service]
+        if addr not in self._channels:
+            self._channels[addr] = grpc.insecure_channel(addr)
+        return self._channels[addr]
+
+    def http_url(self, service):
+        return f"http://{self.http_addrs[service]}"
 
     def md(self, token=None):
         """Call metadata carrying `token` (the admin token by default)."""
         return (("authorization", f"Bearer {token or self.token}"),)
 
+    def close(self):
+        for ch in self._channels.values():
+            ch.close()
 
-@pytest.fixture(scope="session")
-def suite():
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Process:
+    """A `rapport serve` child process and what it printed."""
+
+    def __init__(self, args, env):
+        self.proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines = []
+        self.addrs = {}
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            m = re.search(r"on grpc (\S+) and http (\S+)", line)
+            if m:
+                self.addrs["grpc"], self.addrs["http"] = m.group(1), m.group(2)
+
+    def wait_ready(self, deadline):
+        while "http" not in self.addrs:
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.stop()
+                raise RuntimeError("rapport serve did not start:\n" + "".join(self.lines))
+            time.sleep(0.05)
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{self.addrs['http']}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.stop()
+                raise RuntimeError("rapport never became ready:\n" + "".join(self.lines))
+            time.sleep(0.1)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture(scope="session", params=["all-in-one", "split"])
+def suite(request):
+    """The whole suite, once in one process and once as five processes calling each other over gRPC."""
+    mode = request.param
     binary = os.environ.get("RAPPORT_BIN")
     assert binary and os.path.exists(binary), "RAPPORT_BIN must name the rapport binary (run.sh sets it)"
-    data_dir = tempfile.mkdtemp(prefix="rapport-py-")
+    data_dir = tempfile.mkdtemp(prefix=f"rapport-py-{mode}-")
     env = dict(os.environ)
     env["RAPPORT__TELEMETRY__LOG_FILTER"] = "warn"
     read_only_hash = hashlib.sha256(READ_ONLY_TOKEN.encode()).hexdigest()
@@ -72,51 +144,41 @@ def suite():
         env["RAPPORT__STORAGE__URL"] = url
     if os.environ.get("RAPPORT_TEST_REDIS_URL"):
         env["RAPPORT__CACHE__URL"] = os.environ["RAPPORT_TEST_REDIS_URL"]
-    proc = subprocess.Popen(
-        [binary, "serve", "--config", config, "--data-dir", data_dir,
-         "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    lines = []
-    found = {}
-
-    def read_output():
-        for line in proc.stdout:
-            lines.append(line)
-            m = re.search(r"on grpc (\S+) and http (\S+)", line)
-            if m:
-                found["grpc"], found["http"] = m.group(1), m.group(2)
-
-    threading.Thread(target=read_output, daemon=True).start()
-    deadline = time.time() + 60
-    while "http" not in found:
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            raise RuntimeError("rapport serve did not start:\n" + "".join(lines))
-        time.sleep(0.05)
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://{found['http']}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if time.time() > deadline:
-            proc.kill()
-            raise RuntimeError("rapport never became ready:\n" + "".join(lines))
-        time.sleep(0.1)
-    with open(os.path.join(data_dir, "admin.token")) as f:
-        token = f.read().strip()
-    s = Suite(found["grpc"], found["http"], token)
+    common_args = ["serve", "--config", config, "--data-dir", data_dir]
+    processes = []
+    deadline = time.time() + 90
     try:
+        if mode == "all-in-one":
+            p = Process([binary, *common_args, "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"], env)
+            processes.append(p)
+            p.wait_ready(deadline)
+            grpc_addrs = {s: p.addrs["grpc"] for s in SERVICES}
+            http_addrs = {s: p.addrs["http"] for s in SERVICES}
+        else:
+            grpc_addrs = {s: f"127.0.0.1:{_free_port()}" for s in SERVICES}
+            http_addrs = {s: f"127.0.0.1:{_free_port()}" for s in SERVICES}
+            split_env = dict(env)
+            for s in SERVICES:
+                split_env[f"RAPPORT__CLIENTS__{s.upper()}"] = f"http://{grpc_addrs[s]}"
+            # Identity first: it creates the shared admin token the others use to call each other.
+            for s in SERVICES:
+                own = dict(split_env)
+                del own[f"RAPPORT__CLIENTS__{s.upper()}"]
+                p = Process([binary, *common_args, "--services", s,
+                             "--grpc-listen", grpc_addrs[s], "--http-listen", http_addrs[s]], own)
+                processes.append(p)
+                if s == "identity":
+                    p.wait_ready(deadline)
+            for p in processes:
+                p.wait_ready(deadline)
+        with open(os.path.join(data_dir, "admin.token")) as f:
+            token = f.read().strip()
+        s = Suite(mode, grpc_addrs, http_addrs, token)
         yield s
+        s.close()
     finally:
-        s.channel.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        for p in reversed(processes):
+            p.stop()
         if drop:
             drop()
         shutil.rmtree(data_dir, ignore_errors=True)

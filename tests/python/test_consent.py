@@ -38,7 +38,7 @@ def check(stub, suite, address, region="DE"):
 
 
 def test_grant_then_withdraw(suite):
-    stub = rpc.ConsentServiceStub(suite.channel)
+    stub = rpc.ConsentServiceStub(suite.channel_for("consent"))
     address = unique_email("consent")
     nothing = check(stub, suite, address)
     assert not nothing.allowed, "marketing with nothing recorded is denied in an opt-in region"
@@ -74,7 +74,7 @@ def test_grant_then_withdraw(suite):
     ],
 )
 def test_unknown_channel_or_purpose_is_named(suite, bad, field):
-    stub = rpc.ConsentServiceStub(suite.channel)
+    stub = rpc.ConsentServiceStub(suite.channel_for("consent"))
     address = unique_email("bad")
     e = entry(address, ledger.CONSENT_STATUS_GRANTED, 1_764_000_000, **bad)
     with pytest.raises(grpc.RpcError) as err:

@@ -21,7 +21,7 @@ def resolve(stub, suite, *identifiers, source="py-client"):
 
 
 def test_resolve_is_stable_and_normalises(suite):
-    stub = rpc.IdentityServiceStub(suite.channel)
+    stub = rpc.IdentityServiceStub(suite.channel_for("identity"))
     email = unique_email()
     first = resolve(stub, suite, ident(common.IDENTIFIER_TYPE_EMAIL, email))
     assert first.created
@@ -35,7 +35,7 @@ def test_resolve_is_stable_and_normalises(suite):
 
 
 def test_merge_keeps_evidence_and_split_undoes_it(suite):
-    stub = rpc.IdentityServiceStub(suite.channel)
+    stub = rpc.IdentityServiceStub(suite.channel_for("identity"))
     email, phone = unique_email(), unique_phone()
     a = resolve(stub, suite, ident(common.IDENTIFIER_TYPE_EMAIL, email)).customer_id
     b = resolve(stub, suite, ident(common.IDENTIFIER_TYPE_PHONE, phone)).customer_id
@@ -76,7 +76,7 @@ def test_merge_keeps_evidence_and_split_undoes_it(suite):
     ],
 )
 def test_malformed_identifiers_are_named(suite, identifier, field):
-    stub = rpc.IdentityServiceStub(suite.channel)
+    stub = rpc.IdentityServiceStub(suite.channel_for("identity"))
     with pytest.raises(grpc.RpcError) as err:
         resolve(stub, suite, identifier)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -84,7 +84,7 @@ def test_malformed_identifiers_are_named(suite, identifier, field):
 
 
 def test_no_token_and_wrong_scope(suite):
-    stub = rpc.IdentityServiceStub(suite.channel)
+    stub = rpc.IdentityServiceStub(suite.channel_for("identity"))
     request = pb.ResolveRequest(identifiers=[ident(common.IDENTIFIER_TYPE_EMAIL, unique_email())])
     with pytest.raises(grpc.RpcError) as err:
         stub.Resolve(request)

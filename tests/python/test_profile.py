@@ -34,7 +34,7 @@ def event(message_id, name, who, **properties):
 
 
 def test_track_identify_and_read_by_any_identifier(suite):
-    stub = rpc.ProfileServiceStub(suite.channel)
+    stub = rpc.ProfileServiceStub(suite.channel_for("profile"))
     address, phone = unique_email("profile"), unique_phone()
     order = dict(revenue_minor=4999, currency="EUR",
                  items=[dict(sku="s1", quantity=1, price_minor=4999, category="shoes")])
@@ -86,7 +86,7 @@ def test_track_identify_and_read_by_any_identifier(suite):
 
 
 def test_a_batch_stores_the_good_events_and_names_the_bad(suite):
-    stub = rpc.ProfileServiceStub(suite.channel)
+    stub = rpc.ProfileServiceStub(suite.channel_for("profile"))
     address = unique_email("batch")
     future = Timestamp(seconds=int(time.time()) + 10 * 365 * 86400)
     bad_time = event(f"{address}-future", "page_viewed", email(address))
@@ -104,7 +104,7 @@ def test_a_batch_stores_the_good_events_and_names_the_bad(suite):
 
 
 def test_get_profile_of_nobody_is_not_found(suite):
-    stub = rpc.ProfileServiceStub(suite.channel)
+    stub = rpc.ProfileServiceStub(suite.channel_for("profile"))
     try:
         stub.GetProfile(pb.GetProfileRequest(customer=common.CustomerRef(identifier=email(unique_email("nobody")))),
                         metadata=suite.md())
