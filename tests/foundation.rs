@@ -213,3 +213,52 @@ async fn a_split_deployment_calls_remote_services_with_a_token() {
     identity.stop().await;
     consent.stop().await;
 }
+
+#[tokio::test]
+async fn five_servers_one_per_service_work_as_one_suite() {
+    let split = rapport_testkit::SplitSuite::start().await;
+    for (service, part) in &split.parts {
+        let name = format!("rapport.{service}.v1.{}Service", capitalised(service));
+        assert_eq!(health(part, &name).await, Ok(ServingStatus::Serving), "{service}");
+        let other = if *service == "identity" {
+            "rapport.consent.v1.ConsentService"
+        } else {
+            "rapport.identity.v1.IdentityService"
+        };
+        assert_eq!(health(part, other).await, Err(Code::NotFound), "{service} serves only itself");
+    }
+    // A profile write travels to identity over gRPC and back.
+    let mut profiles =
+        rapport_proto::profile::v1::profile_service_client::ProfileServiceClient::new(split.channel("profile").await);
+    let email = rapport_proto::common::v1::Identifier {
+        r#type: 2,
+        value: "split@example.com".into(),
+        namespace: String::new(),
+    };
+    let traits = rapport_rpc::convert::json_to_struct(serde_json::json!({"city": "Kiel"}));
+    let identified = profiles
+        .identify(split.admin(rapport_proto::profile::v1::IdentifyRequest {
+            identifiers: vec![email.clone()],
+            traits: Some(traits),
+            source: "crm".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("identify across servers")
+        .into_inner();
+    let mut identity = rapport_proto::identity::v1::identity_service_client::IdentityServiceClient::new(
+        split.channel("identity").await,
+    );
+    let found = identity
+        .lookup(split.admin(rapport_proto::identity::v1::LookupRequest { identifier: Some(email) }))
+        .await
+        .expect("lookup")
+        .into_inner();
+    assert_eq!(found.customer_id, identified.customer_id);
+    split.stop().await;
+}
+
+fn capitalised(s: &str) -> String {
+    let mut c = s.chars();
+    c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+}

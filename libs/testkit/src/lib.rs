@@ -32,6 +32,8 @@ pub struct SuiteOptions {
     pub env: Vec<(String, String)>,
     /// A TOML configuration file's content, loaded before the environment.
     pub config_toml: Option<String>,
+    /// The gRPC and HTTP addresses to listen on; port 0 (any free port) when unset.
+    pub listen: Option<(String, String)>,
 }
 
 impl SuiteOptions {
@@ -91,8 +93,8 @@ impl TestSuite {
         env.extend(options.env.iter().cloned());
         let overrides = Overrides {
             data_dir: Some(storage.data_dir.path().to_path_buf()),
-            grpc_listen: Some("127.0.0.1:0".into()),
-            http_listen: Some("127.0.0.1:0".into()),
+            grpc_listen: Some(options.listen.as_ref().map_or("127.0.0.1:0".into(), |l| l.0.clone())),
+            http_listen: Some(options.listen.as_ref().map_or("127.0.0.1:0".into(), |l| l.1.clone())),
             services: (!options.services.is_empty()).then(|| options.services.clone()),
         };
         let file = match &options.config_toml {
@@ -130,6 +132,70 @@ impl TestSuite {
     pub async fn stop(mut self) {
         if let Some(server) = self.server.take() {
             server.shutdown().await.expect("clean shutdown");
+        }
+    }
+}
+
+/// The five services, each in a server of its own on its own ports, calling each other over gRPC with
+/// the shared admin token: a split deployment in one test process, on one [`TestDatabase`].
+pub struct SplitSuite {
+    /// The server of each service, by service name.
+    pub parts: Vec<(&'static str, TestSuite)>,
+    pub storage: std::sync::Arc<TestDatabase>,
+    pub admin_token: String,
+}
+
+impl SplitSuite {
+    /// Starts identity, consent, profile, decision and delivery as five servers on fresh storage.
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// As [`SplitSuite::start`], with extra configuration (`key`, value) given to every server.
+    pub async fn start_with(settings: &[(&str, &str)]) -> Self {
+        let storage = std::sync::Arc::new(TestDatabase::new().await);
+        let free = || {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+            l.local_addr().expect("local address").to_string()
+        };
+        let addrs: Vec<(&'static str, String, String)> =
+            rapport_config::SERVICE_NAMES.iter().map(|s| (*s, free(), free())).collect();
+        let mut parts = Vec::new();
+        // Identity first: it creates the admin token file the others share and call each other with.
+        for (service, grpc, http) in &addrs {
+            let mut options = SuiteOptions::services(&[service]);
+            options.listen = Some((grpc.clone(), http.clone()));
+            for (other, other_grpc, _) in addrs.iter().filter(|(o, _, _)| o != service) {
+                options = options.set(&format!("clients.{other}"), format!("http://{other_grpc}"));
+            }
+            for (k, v) in settings {
+                options = options.set(k, *v);
+            }
+            parts.push((*service, TestSuite::start_on(storage.clone(), options).await));
+        }
+        let admin_token = parts[0].1.admin_token.clone();
+        Self { parts, storage, admin_token }
+    }
+
+    /// The server running `service`.
+    pub fn part(&self, service: &str) -> &TestSuite {
+        &self.parts.iter().find(|(s, _)| *s == service).expect("one of the five services").1
+    }
+
+    /// A connected channel to `service`.
+    pub async fn channel(&self, service: &str) -> tonic::transport::Channel {
+        self.part(service).channel().await
+    }
+
+    /// `message` as a request carrying the admin token.
+    pub fn admin<T>(&self, message: T) -> tonic::Request<T> {
+        with_token(message, &self.admin_token)
+    }
+
+    /// Stops every server, the last started first.
+    pub async fn stop(mut self) {
+        while let Some((_, part)) = self.parts.pop() {
+            part.stop().await;
         }
     }
 }
