@@ -83,7 +83,7 @@ where
         };
         // Methods that are not ours fall through to the router, which answers UNIMPLEMENTED.
         if let Some(scope) = rapport_proto::required_scope(&path)
-            && !principal.allows(scope)
+            && !principal.allows_call(&path, scope)
         {
             tracing::info!(caller = %principal.name, method = %path, scope, "permission denied");
             let status = tonic::Status::permission_denied(format!("{path} requires the scope `{scope}`"));

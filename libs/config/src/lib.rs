@@ -84,23 +84,51 @@ pub struct CacheSettings {
 }
 
 /// One static API key: the token is stored only as its SHA-256.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeySettings {
     pub name: String,
     pub sha256: String,
+    /// Scopes granted directly.
+    #[serde(default)]
     pub scopes: Vec<String>,
+    /// Named scope bundles (built-in roles or `[auth.roles.NAME]`), added to `scopes`.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Fields shown only partly in profile reads by this key: `email`, `phone`.
+    #[serde(default)]
+    pub mask: Vec<String>,
+    /// Calls per second this key may make (a token bucket per process); 0: `limits.per_caller_per_second`.
+    #[serde(default)]
+    pub rate_limit_per_second: u32,
+}
+
+/// A named bundle of scopes (`[auth.roles.NAME]`), usable by API keys and JWTs; it adds to or replaces
+/// a built-in role of the same name.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleSettings {
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub mask: Vec<String>,
 }
 
 /// The `[auth]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     pub admin_token_file: String,
     pub api_keys: Vec<ApiKeySettings>,
     pub jwt_hs256_secret_file: String,
+    /// PEM file with the RSA public key that verifies RS256 JWTs. Empty: RS256 JWTs are not accepted.
+    pub jwt_rs256_public_key_file: String,
     pub jwt_issuer: String,
     pub jwt_audience: String,
+    /// Seconds of clock difference tolerated when checking a JWT's `exp` and `nbf`.
+    pub jwt_leeway_seconds: u64,
+    /// Named scope bundles beside the built-in ones.
+    pub roles: std::collections::BTreeMap<String, RoleSettings>,
 }
 
 /// The `[telemetry]` section.

@@ -83,6 +83,19 @@ fn records_in(data: &serde_json::Value) -> i64 {
     }
 }
 
+/// Records in consent's audit log who started a data-subject request or read its result: the per-service
+/// entries of the fan-out name the consent service as the caller, this entry names the person who asked.
+pub async fn audit(db: &Db, caller: &str, action: &str, request: &pb::DataSubjectRequest) -> Result<(), Error> {
+    let detail = format!("request {}; reference {}", request.request_id, request.reference);
+    if request.customer_ids.is_empty() {
+        rapport_storage::Audit::record(db, caller, action, "", &detail).await?;
+    }
+    for customer in &request.customer_ids {
+        rapport_storage::Audit::record(db, caller, action, customer, &detail).await?;
+    }
+    Ok(())
+}
+
 /// The requests store and runner.
 pub struct Requests<'a> {
     pub db: &'a Db,

@@ -953,12 +953,15 @@ impl ConsentService for Consent {
             .requests()
             .run(&caller, pb::RequestKind::Export, r.subject.as_ref(), r.received_at.as_ref(), &r.reference)
             .await?;
+        crate::dsr::audit(&self.store.db, &caller, "dsr.export_started", &request).await?;
         Ok(Response::new(request))
     }
 
     async fn get_export(&self, request: Request<pb::GetExportRequest>) -> Result<Response<pb::ExportResult>, Status> {
+        let caller = caller(&request);
         let r = request.into_inner();
         let (request, result) = self.requests().get(&r.request_id, pb::RequestKind::Export).await?;
+        crate::dsr::audit(&self.store.db, &caller, "dsr.export_read", &request).await?;
         let document = prost_types::Struct::decode(result.as_slice()).map_err(Error::internal)?;
         Ok(Response::new(pb::ExportResult { request: Some(request), document: Some(document) }))
     }
@@ -973,6 +976,7 @@ impl ConsentService for Consent {
             .requests()
             .run(&caller, pb::RequestKind::Erasure, r.subject.as_ref(), r.received_at.as_ref(), &r.reference)
             .await?;
+        crate::dsr::audit(&self.store.db, &caller, "dsr.erasure_started", &request).await?;
         Ok(Response::new(request))
     }
 

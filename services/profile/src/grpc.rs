@@ -537,7 +537,8 @@ impl ProfileService for Profiles {
 
     async fn get_profile(&self, request: Request<pb::GetProfileRequest>) -> Result<Response<pb::Profile>, Status> {
         let who = caller(&request);
-        let profile = self.get_one(request.get_ref(), "", &who).await?;
+        let mut profile = self.get_one(request.get_ref(), "", &who).await?;
+        rapport_auth::Mask::of(&request).apply_to_profile(&mut profile);
         Ok(Response::new(profile))
     }
 
@@ -546,6 +547,7 @@ impl ProfileService for Profiles {
         request: Request<pb::BatchGetProfilesRequest>,
     ) -> Result<Response<pb::BatchGetProfilesResponse>, Status> {
         let who = caller(&request);
+        let mask = rapport_auth::Mask::of(&request);
         let request = request.into_inner();
         if request.requests.is_empty() || request.requests.len() > 100 {
             return Err(Error::invalid("requests", "between 1 and 100 per call").into());
@@ -558,7 +560,9 @@ impl ProfileService for Profiles {
             };
             results.push(pb::BatchGetProfilesResult { index: i as i32, outcome: Some(outcome) });
         }
-        Ok(Response::new(pb::BatchGetProfilesResponse { results }))
+        let mut response = pb::BatchGetProfilesResponse { results };
+        mask.apply_to_batch(&mut response);
+        Ok(Response::new(response))
     }
 
     async fn get_timeline(

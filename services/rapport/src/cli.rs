@@ -35,6 +35,16 @@ enum Command {
     Consent(ConsentArgs),
     /// Import a CSV file of customers or events through a column mapping.
     Import(ImportCommandArgs),
+    /// Mint API keys (stored hashed), hash a token, print roles and the scope of every rpc.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(subcommand)]
+    command: crate::token_cli::TokenCommand,
 }
 
 #[derive(Debug, Args)]
@@ -198,6 +208,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let (channel, token) = connect(&args.client).await?;
             crate::ops::import::run(args.import, channel, &token).await
         }
+        Command::Token(args) => crate::token_cli::run(args.command, &load(&args.config, None, None, None)?),
     }
 }
 

@@ -3,6 +3,7 @@
 mod cli;
 mod identity_cli;
 mod ops;
+mod token_cli;
 
 use std::process::ExitCode;
 

@@ -67,11 +67,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
 
     let admin_token_path = services::admin_token_path(&settings);
     let (admin_token, admin_token_created) = ensure_admin_token(&admin_token_path)?;
-    let jwt_secret = match settings.auth.jwt_hs256_secret_file.as_str() {
-        "" => None,
-        path => Some(read_secret_file("auth.jwt_hs256_secret_file", path)?),
-    };
-    let auth = Arc::new(Authenticator::new(&admin_token, &settings.auth, jwt_secret.as_deref().map(str::as_bytes))?);
+    let auth = Arc::new(Authenticator::from_settings(&admin_token, &settings.auth)?);
 
     // Ports first, so that a port in use is reported before anything else happens.
     let grpc_listener = bind("server.grpc_listen", &settings.server.grpc_listen).await?;
