@@ -484,3 +484,51 @@ async fn audit_of_reads_exports_and_erasures_cannot_be_changed() {
     assert_eq!(audit_rpcs, vec![&("/rapport.profile.v1.ProfileService/ListAudit", "audit:read")]);
     suite.stop().await;
 }
+
+/// A caller over its rate gets RESOURCE_EXHAUSTED at once with a retry hint (metadata and
+/// google.rpc.RetryInfo); other callers and the admin are not affected; after the hinted wait it is
+/// served again. A message over `server.max_message_bytes` is refused before it reaches a handler.
+#[tokio::test]
+async fn rate_limits_per_caller_and_request_size() {
+    use rapport_proto::common::v1::{PingRequest, diagnostics_service_client::DiagnosticsServiceClient};
+    use tonic_types::StatusExt;
+    let config = format!(
+        "{}\n[server]\nmax_message_bytes = 65536\n[limits]\nper_caller_per_second = 1000\n",
+        keys(&[
+            ("till-3", "till-token", "roles = [\"store-till\"]\nrate_limit_per_second = 2"),
+            ("crm", "crm-token", "roles = [\"backend\"]"),
+        ])
+    );
+    let suite = TestSuite::start_with(SuiteOptions::default().config(config)).await;
+    let mut ping = DiagnosticsServiceClient::new(suite.channel().await);
+    let mut refused = Vec::new();
+    let mut served = 0;
+    for _ in 0..10 {
+        match ping.ping(with_token(PingRequest::default(), "till-token")).await {
+            Ok(_) => served += 1,
+            Err(s) => refused.push(s),
+        }
+    }
+    assert!((1..=3).contains(&served), "served {served} of 10 at 2/s");
+    let first = &refused[0];
+    assert_eq!(first.code(), Code::ResourceExhausted, "{first:?}");
+    assert!(first.message().contains("till-3"), "{}", first.message());
+    let hint: u64 = first.metadata().get("retry-after-ms").unwrap().to_str().unwrap().parse().unwrap();
+    let retry = first.get_details_retry_info().and_then(|r| r.retry_delay).expect("RetryInfo detail");
+    assert!(hint > 0 && hint <= 1000 && retry <= std::time::Duration::from_secs(1), "{hint} {retry:?}");
+    // Another key and the admin are served meanwhile.
+    for _ in 0..20 {
+        ping.ping(with_token(PingRequest::default(), "crm-token")).await.unwrap();
+        ping.ping(suite.admin(PingRequest::default())).await.unwrap();
+    }
+    let last_hint: u64 =
+        refused.last().unwrap().metadata().get("retry-after-ms").unwrap().to_str().unwrap().parse().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(last_hint + 10)).await;
+    ping.ping(with_token(PingRequest::default(), "till-token")).await.unwrap();
+
+    // 100 KiB against a 64 KiB limit.
+    let big = ping.ping(suite.admin(PingRequest { payload: vec![b'x'; 100 * 1024] })).await.unwrap_err();
+    assert!([Code::OutOfRange, Code::ResourceExhausted].contains(&big.code()), "{big:?}");
+    assert!(big.message().contains("65536"), "{}", big.message());
+    suite.stop().await;
+}

@@ -131,6 +131,16 @@ pub struct AuthSettings {
     pub roles: std::collections::BTreeMap<String, RoleSettings>,
 }
 
+/// The `[limits]` section: rate limits per caller (the admin token and in-process calls are exempt).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Calls per second per caller; 0: no limit (an API key's `rate_limit_per_second` still applies).
+    pub per_caller_per_second: u32,
+    /// Calls a caller may make at once after being idle; 0: one second's worth.
+    pub per_caller_burst: u32,
+}
+
 /// The `[telemetry]` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -183,6 +193,7 @@ struct Known {
     storage: StorageSettings,
     cache: CacheSettings,
     auth: AuthSettings,
+    limits: LimitSettings,
     telemetry: TelemetrySettings,
     clients: ClientSettings,
     // Per-service sections are checked by the service that reads them (see `Settings::section`).
@@ -205,6 +216,7 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub cache: CacheSettings,
     pub auth: AuthSettings,
+    pub limits: LimitSettings,
     pub telemetry: TelemetrySettings,
     pub clients: ClientSettings,
     layered: config::Config,
@@ -291,6 +303,7 @@ impl Settings {
             storage: known.storage,
             cache: known.cache,
             auth: known.auth,
+            limits: known.limits,
             telemetry: known.telemetry,
             clients: known.clients,
             layered,

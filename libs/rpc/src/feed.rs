@@ -139,6 +139,9 @@ pub fn consume(
     })
 }
 
+/// How long opening a feed may take before the consumer gives up and retries.
+const FEED_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn run_once(
     consumer: &'static str,
     db: &rapport_storage::Db,
@@ -148,7 +151,12 @@ async fn run_once(
 ) -> Result<(), String> {
     let after = rapport_storage::Cursors::load(db, consumer).await.map_err(|e| e.to_string())?;
     let request = SubscribeRequest { after_sequence: after, topics: topics.to_vec(), max_batch: 0 };
-    let mut stream = source(request).await.map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+    // A deadline on opening the stream (the remote transport's timeout covers only remote calls); a stream
+    // that is open is kept alive by HTTP/2 keep-alive pings, so a dead peer breaks it and it is reopened.
+    let mut stream = tokio::time::timeout(FEED_OPEN_TIMEOUT, source(request))
+        .await
+        .map_err(|_| format!("opening the feed took more than {} s", FEED_OPEN_TIMEOUT.as_secs()))?
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))?;
     while let Some(item) = stream.next().await {
         let record = item.map_err(|s| format!("{}: {}", s.code(), s.message()))?;
         let mut tx = db.begin().await.map_err(|e| e.to_string())?;

@@ -142,6 +142,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         .layer(OverloadLayer::new(settings.server.max_concurrent_requests))
         .layer(TelemetryLayer)
         .layer(AuthLayer::new(auth))
+        .layer(rapport_rpc::limits::RateLimitLayer::new(&settings.limits))
         .into_inner();
     // The builder's tcp_nodelay applies only to listeners tonic binds itself; an accepted stream keeps
     // Nagle's algorithm unless the incoming sets it, and a response flushed in two writes then waits
