@@ -9,6 +9,7 @@
 mod audit;
 mod db;
 mod outbox;
+pub mod sql;
 pub mod testing;
 
 pub use audit::{Audit, AuditEntry, AuditWriter};
