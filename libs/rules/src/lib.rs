@@ -1,7 +1,12 @@
 //! The one rule language of Rapport: segments, offer eligibility and campaign triggers are CEL
 //! expressions (<https://github.com/google/cel-spec>), compiled once when they are saved and evaluated
-//! over JSON documents (`profile`, `event`, `context`, `now`). CEL is not Turing-complete, so a rule
-//! always terminates; the source length is limited too.
+//! over JSON documents (`profile`, `event`, `context`, `now`).
+//!
+//! A rule's cost is bounded: CEL is not Turing-complete (no loops, no recursion), the source is at most
+//! [`MAX_RULE_BYTES`], comprehensions (`all`, `exists`, `map`, `filter`) nest at most
+//! [`MAX_COMPREHENSION_DEPTH`] deep, and the documents are bounded by the services that build them. An
+//! evaluation that fails (or would panic inside the interpreter) is an [`RuleError::Evaluation`], never a
+//! crash of the caller.
 //!
 //! ```
 //! use serde_json::json;
@@ -10,23 +15,33 @@
 //! assert!(rule.matches(&[("profile", &profile)]).unwrap());
 //! ```
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
-use cel::{Context, Program};
+use cel::{Context, Env, Program};
+
+mod shape;
+pub use shape::Shape;
 
 /// The longest rule accepted, in bytes.
 pub const MAX_RULE_BYTES: usize = 4096;
 
+/// How deeply comprehensions may nest (each level multiplies the work by a list's length).
+pub const MAX_COMPREHENSION_DEPTH: usize = 2;
+
 /// Why a rule was refused or could not be evaluated.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RuleError {
-    /// The source does not parse, is too long, or uses a variable that is not offered.
+    /// The source does not parse, is too long, uses a variable that is not offered or a field its
+    /// document does not have; the message gives the position (`line:column`).
     #[error("{0}")]
     Invalid(String),
     /// Evaluation failed (a missing field, a type mismatch) or did not give a boolean.
     #[error("{0}")]
     Evaluation(String),
 }
+
+/// The standard CEL environment, built once per process.
+static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| Arc::new(Env::stdlib()));
 
 /// A compiled rule.
 #[derive(Clone)]
@@ -41,9 +56,34 @@ impl std::fmt::Debug for Rule {
     }
 }
 
+/// Documents bound once and shared by the evaluation of many rules (every offer of a decision sees the
+/// same profile and context), so they are converted to CEL values once.
+pub struct Bindings {
+    context: Context<'static, 'static>,
+}
+
+impl Bindings {
+    /// Binds each `(name, document)`.
+    pub fn new(vars: &[(&str, &serde_json::Value)]) -> Result<Self, RuleError> {
+        let mut context = Context::with_env(ENV.clone());
+        for (name, value) in vars {
+            let value = cel::to_value(value).map_err(|e| RuleError::Evaluation(format!("{name}: {e}")))?;
+            context.add_variable_from_value(*name, value);
+        }
+        Ok(Self { context })
+    }
+}
+
 impl Rule {
     /// Compiles `source`, which may refer only to the variables in `variables`.
     pub fn compile(source: &str, variables: &[&str]) -> Result<Self, RuleError> {
+        let shapes: Vec<(&str, &Shape)> = variables.iter().map(|v| (*v, &Shape::Open)).collect();
+        Self::compile_with_shapes(source, &shapes)
+    }
+
+    /// Compiles `source` over documents of known shapes: a variable not listed, or a field that its
+    /// document's shape does not have, is refused with its position.
+    pub fn compile_with_shapes(source: &str, shapes: &[(&str, &Shape)]) -> Result<Self, RuleError> {
         let trimmed = source.trim();
         if trimmed.is_empty() {
             return Err(RuleError::Invalid("the rule is empty".into()));
@@ -51,15 +91,38 @@ impl Rule {
         if trimmed.len() > MAX_RULE_BYTES {
             return Err(RuleError::Invalid(format!("the rule is longer than {MAX_RULE_BYTES} bytes")));
         }
-        let program = Program::compile(trimmed).map_err(|e| RuleError::Invalid(format!("does not parse: {e}")))?;
-        let references = program.references();
-        let mut unknown: Vec<&str> = references.variables().into_iter().filter(|v| !variables.contains(v)).collect();
+        let program = Program::compile(trimmed).map_err(|e| {
+            let first = e.errors.first();
+            match first {
+                Some(p) => RuleError::Invalid(format!("does not parse at {}:{}: {}", p.pos.0.max(1), p.pos.1 + 1, p.msg)),
+                None => RuleError::Invalid(format!("does not parse: {e}")),
+            }
+        })?;
+        let variables: Vec<&str> = shapes.iter().map(|(n, _)| *n).collect();
+        // Comprehension variables (`items.all(i, ...)`) are bound by the rule itself.
+        let mut unknown: Vec<String> =
+            shape::free_variables(program.expression()).into_iter().filter(|v| !variables.contains(&v.as_str())).collect();
         unknown.sort_unstable();
+        unknown.dedup();
         if !unknown.is_empty() {
             return Err(RuleError::Invalid(format!(
                 "unknown variable(s) {}; a rule may use {}",
                 unknown.join(", "),
                 variables.join(", ")
+            )));
+        }
+        if let Some(u) = shape::check(&program, trimmed, shapes) {
+            let known = if u.known.is_empty() {
+                format!("{} has no fields", u.parent)
+            } else {
+                format!("{} has {}", u.parent, u.known)
+            };
+            return Err(RuleError::Invalid(format!("unknown field `{}` at {}:{} ({known})", u.path, u.line, u.column)));
+        }
+        let depth = shape::comprehension_depth(program.expression());
+        if depth > MAX_COMPREHENSION_DEPTH {
+            return Err(RuleError::Invalid(format!(
+                "comprehensions nest {depth} deep; at most {MAX_COMPREHENSION_DEPTH} are allowed"
             )));
         }
         Ok(Self { source: trimmed.into(), program: Arc::new(program) })
@@ -73,16 +136,19 @@ impl Rule {
     /// Evaluates the rule with `vars` bound; it must give a boolean. A field missing from the documents
     /// makes the rule false rather than an error, so that rules over optional traits are easy to write.
     pub fn matches(&self, vars: &[(&str, &serde_json::Value)]) -> Result<bool, RuleError> {
-        let mut context = Context::default();
-        for (name, value) in vars {
-            let value = cel::to_value(value).map_err(|e| RuleError::Evaluation(format!("{name}: {e}")))?;
-            context.add_variable_from_value(*name, value);
-        }
-        match self.program.execute(&context) {
-            Ok(cel::Value::Bool(b)) => Ok(b),
-            Ok(other) => Err(RuleError::Evaluation(format!("the rule gave {other:?}, not true or false"))),
-            Err(e) if e.to_string().contains("No such key") || e.to_string().contains("Undeclared") => Ok(false),
-            Err(e) => Err(RuleError::Evaluation(e.to_string())),
+        self.matches_in(&Bindings::new(vars)?)
+    }
+
+    /// Evaluates the rule over documents bound once (see [`Bindings`]).
+    pub fn matches_in(&self, bindings: &Bindings) -> Result<bool, RuleError> {
+        let program = &self.program;
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| program.execute(&bindings.context)));
+        match run {
+            Err(_) => Err(RuleError::Evaluation("the rule could not be evaluated (interpreter failure)".into())),
+            Ok(Ok(cel::Value::Bool(b))) => Ok(b),
+            Ok(Ok(other)) => Err(RuleError::Evaluation(format!("the rule gave {other:?}, not true or false"))),
+            Ok(Err(e)) if e.to_string().contains("No such key") || e.to_string().contains("Undeclared") => Ok(false),
+            Ok(Err(e)) => Err(RuleError::Evaluation(e.to_string())),
         }
     }
 }
@@ -121,5 +187,62 @@ mod tests {
         assert!(matches!(Rule::compile("  ", &["profile"]), Err(RuleError::Invalid(_))));
         let not_bool = Rule::compile("profile.n + 1", &["profile"]).unwrap();
         assert!(matches!(not_bool.matches(&[("profile", &json!({"n": 1}))]), Err(RuleError::Evaluation(_))));
+    }
+
+    #[test]
+    fn parse_errors_give_the_position() {
+        let err = Rule::compile("profile.a == 1 &&\n  profile.b ==", &["profile"]).unwrap_err();
+        assert!(matches!(&err, RuleError::Invalid(m) if m.contains("at 2:")), "{err}");
+    }
+
+    fn profile_shape() -> Shape {
+        Shape::fields([
+            ("traits", Shape::Open),
+            ("computed", Shape::leaves(&["order_count", "high_value"])),
+            ("customer_id", Shape::Leaf),
+        ])
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_their_position() {
+        let shape = profile_shape();
+        let open = Shape::Open;
+        let shapes = [("profile", &shape), ("context", &open)];
+        let err = Rule::compile_with_shapes("profile.traits.city == 'x' && profile.computed.ordr_count > 1", &shapes)
+            .unwrap_err();
+        let RuleError::Invalid(m) = err else { panic!("not invalid") };
+        assert!(m.contains("`profile.computed.ordr_count`"), "{m}");
+        assert!(m.contains("1:"), "{m}");
+        assert!(m.contains("order_count"), "names the known fields: {m}");
+        let err = Rule::compile_with_shapes("profile.customer_id.x == 1", &shapes).unwrap_err();
+        assert!(matches!(&err, RuleError::Invalid(m) if m.contains("has no fields")), "{err}");
+        // Free documents, has(), comprehension variables and indexes are accepted.
+        for ok in [
+            "context.page.anything == 'home'",
+            "has(profile.traits.city)",
+            "profile.computed.high_value && [1, 2].exists(computed, computed > 1)",
+            "profile.traits['time_zone'] == 'UTC'",
+        ] {
+            Rule::compile_with_shapes(ok, &shapes).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+    }
+
+    #[test]
+    fn nesting_of_comprehensions_is_bounded() {
+        let deep = "[1].all(a, [2].all(b, [3].all(c, a + b + c > 0)))";
+        assert!(matches!(Rule::compile(deep, &["profile"]), Err(RuleError::Invalid(m)) if m.contains("nest")));
+        assert!(Rule::compile("[1].all(a, [2].all(b, a + b > 0))", &["profile"]).is_ok());
+    }
+
+    #[test]
+    fn bindings_are_shared_by_many_rules() {
+        let p = json!({"computed": {"order_count": 3}});
+        let bindings = Bindings::new(&[("profile", &p)]).unwrap();
+        let a = Rule::compile("profile.computed.order_count > 2", &["profile"]).unwrap();
+        let b = Rule::compile("profile.computed.order_count > 5", &["profile"]).unwrap();
+        assert!(a.matches_in(&bindings).unwrap());
+        assert!(!b.matches_in(&bindings).unwrap());
+        let bad = Rule::compile("profile.computed.order_count / 0 > 1", &["profile"]).unwrap();
+        assert!(matches!(bad.matches_in(&bindings), Err(RuleError::Evaluation(_))));
     }
 }
