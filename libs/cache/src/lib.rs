@@ -5,6 +5,9 @@
 //! callers fall back to their database. Invalidation and counters report failures, because callers must
 //! decide: a profile write whose invalidation failed must not let a stale copy be served, and a
 //! marketing frequency cap that cannot be counted fails closed.
+//!
+//! Sliding-window limits ([`Cache::admit`], [`WindowLimit`]) check and count several limits at once
+//! (contact policies, offer caps).
 
 use std::{
     collections::HashMap,
@@ -15,7 +18,9 @@ use std::{
 use bytes::Bytes;
 use redis::{AsyncCommands, aio::ConnectionManager};
 
+mod limits;
 mod memo;
+pub use limits::{Admission, WindowLimit};
 pub use memo::VersionedMemo;
 
 /// A cache or counter backend failure.
@@ -85,7 +90,7 @@ pub struct Cache(Store);
 #[derive(Clone)]
 enum Store {
     /// In this process only: right for one process (all-in-one, tests).
-    Local { entries: moka::future::Cache<String, Entry>, counters: LocalCounters },
+    Local { entries: moka::future::Cache<String, Entry>, counters: LocalCounters, windows: limits::LocalWindows },
     /// Shared by every replica.
     Redis { conn: ConnectionManager, timeout: Duration },
 }
@@ -103,7 +108,7 @@ impl Cache {
     /// An in-process cache of `capacity` entries.
     pub fn local(capacity: u64) -> Self {
         let entries = moka::future::Cache::builder().max_capacity(capacity).expire_after(PerEntryTtl).build();
-        Cache(Store::Local { entries, counters: LocalCounters::default() })
+        Cache(Store::Local { entries, counters: LocalCounters::default(), windows: limits::LocalWindows::default() })
     }
 
     /// The configured backend; a Redis URL must answer at start-up.

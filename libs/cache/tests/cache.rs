@@ -104,3 +104,44 @@ async fn a_reader_that_loaded_before_a_change_cannot_cache_the_old_value() {
     cache.set_versioned(&key, v1, Bytes::from_static(b"new"), Duration::from_secs(60)).await;
     assert_eq!(cache.get_versioned(&key).await.unwrap().1.as_deref(), Some(&b"new"[..]));
 }
+
+#[tokio::test]
+async fn window_limits_combine_and_admit_atomically() {
+    use rapport_cache::{Admission, WindowLimit};
+    let c = cache().await;
+    let day = WindowLimit { key: key("day"), max: 1, window: Duration::from_secs(86_400) };
+    let week = WindowLimit { key: key("week"), max: 3, window: Duration::from_secs(7 * 86_400) };
+    let ever = WindowLimit { key: key("ever"), max: 10, window: Duration::ZERO };
+    let limits = [day.clone(), week.clone(), ever.clone()];
+    let t0 = 1_700_000_000_000i64;
+    let day_ms = 86_400_000;
+    // One a day: the second on the same day is refused by the daily limit and records nothing.
+    assert_eq!(c.admit(&limits, "d1", t0).await.unwrap(), Admission::Admitted);
+    assert_eq!(c.admit(&limits, "d2", t0 + 1000).await.unwrap(), Admission::Full(0));
+    assert_eq!(c.window_counts(&limits, t0 + 1000).await.unwrap(), vec![1, 1, 1]);
+    // The next days: admitted until the week holds three, then the weekly limit refuses.
+    assert_eq!(c.admit(&limits, "d3", t0 + day_ms + 1).await.unwrap(), Admission::Admitted);
+    assert_eq!(c.admit(&limits, "d4", t0 + 2 * day_ms + 2).await.unwrap(), Admission::Admitted);
+    assert_eq!(c.admit(&limits, "d5", t0 + 3 * day_ms + 3).await.unwrap(), Admission::Full(1));
+    // The window slides: a week after the first, one place is free again.
+    assert_eq!(c.admit(&limits, "d6", t0 + 7 * day_ms + 5).await.unwrap(), Admission::Admitted);
+    assert_eq!(c.window_counts(&limits, t0 + 7 * day_ms + 5).await.unwrap(), vec![1, 3, 4]);
+    // Concurrent admissions never exceed a limit.
+    let burst = WindowLimit { key: key("burst"), max: 5, window: Duration::from_secs(60) };
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let c = c.clone();
+            let l = burst.clone();
+            tokio::spawn(async move { c.admit(&[l], &format!("m{i}"), t0).await.unwrap() })
+        })
+        .collect();
+    let mut admitted = 0;
+    for t in tasks {
+        if t.await.unwrap() == Admission::Admitted {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 5);
+    c.clear_window(&burst.key).await.unwrap();
+    assert_eq!(c.window_counts(std::slice::from_ref(&burst), t0).await.unwrap(), vec![0]);
+}

@@ -8,12 +8,14 @@
 
 mod audit;
 mod db;
+mod group;
 mod outbox;
 pub mod sql;
 pub mod testing;
 
 pub use audit::{Audit, AuditEntry, AuditWriter};
 pub use db::{Backend, Db, PoolSettings, Tx, connect, migrate};
+pub use group::{GroupCommit, WriteBatch};
 pub use outbox::{Cursors, Outbox, OutboxMessage, OutboxRow};
 pub use sqlx;
 

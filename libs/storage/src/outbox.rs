@@ -95,6 +95,12 @@ impl Outbox {
         Ok(())
     }
 
+    /// Wakes the in-process readers after a transaction that appended to this outbox was committed some
+    /// other way (e.g. by a feed consumer, which commits its cursor with the change).
+    pub fn notify(&self) {
+        self.appended.notify_waiters();
+    }
+
     /// Up to `limit` rows after `after`, in order, optionally only of `topics`.
     pub async fn read_after(&self, after: i64, topics: &[String], limit: i64) -> Result<Vec<OutboxRow>, StorageError> {
         let mut sql = String::from(

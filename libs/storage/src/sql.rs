@@ -16,6 +16,20 @@ pub enum V {
     N,
     /// A NULL text.
     SN,
+    /// A floating-point number.
+    F(f64),
+}
+
+impl From<f64> for V {
+    fn from(v: f64) -> Self {
+        V::F(v)
+    }
+}
+
+impl From<Vec<u8>> for V {
+    fn from(v: Vec<u8>) -> Self {
+        V::B(v)
+    }
 }
 
 impl From<i64> for V {
@@ -77,6 +91,7 @@ macro_rules! bind_all {
                 V::B(b) => q.bind(b.clone()),
                 V::N => q.bind(None::<i64>),
                 V::SN => q.bind(None::<String>),
+                V::F(f) => q.bind(*f),
             };
         }
         q
