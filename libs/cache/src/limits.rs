@@ -75,7 +75,9 @@ impl LocalWindows {
 /// Checks every limit and, when none is full, records the admission under all of them.
 /// KEYS: the limits; ARGV: now (ms), member, then max and window (ms) per key. Returns 0 when admitted,
 /// else the 1-based index of the first full limit.
-static ADMIT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(r"
+static ADMIT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 local now = tonumber(ARGV[1])
 for i, key in ipairs(KEYS) do
   local max = tonumber(ARGV[1 + 2 * i])
@@ -99,10 +101,14 @@ for i, key in ipairs(KEYS) do
   end
 end
 return 0
-"));
+",
+    )
+});
 
 /// The admissions each limit holds now. KEYS: the limits; ARGV: now (ms), then the window (ms) per key.
-static COUNTS: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(r"
+static COUNTS: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
 local now = tonumber(ARGV[1])
 local out = {}
 for i, key in ipairs(KEYS) do
@@ -114,7 +120,9 @@ for i, key in ipairs(KEYS) do
   end
 end
 return out
-"));
+",
+    )
+});
 
 impl Cache {
     /// How many admissions each of `limits` holds now (in the same order).

@@ -94,14 +94,18 @@ impl Rule {
         let program = Program::compile(trimmed).map_err(|e| {
             let first = e.errors.first();
             match first {
-                Some(p) => RuleError::Invalid(format!("does not parse at {}:{}: {}", p.pos.0.max(1), p.pos.1 + 1, p.msg)),
+                Some(p) => {
+                    RuleError::Invalid(format!("does not parse at {}:{}: {}", p.pos.0.max(1), p.pos.1 + 1, p.msg))
+                }
                 None => RuleError::Invalid(format!("does not parse: {e}")),
             }
         })?;
         let variables: Vec<&str> = shapes.iter().map(|(n, _)| *n).collect();
         // Comprehension variables (`items.all(i, ...)`) are bound by the rule itself.
-        let mut unknown: Vec<String> =
-            shape::free_variables(program.expression()).into_iter().filter(|v| !variables.contains(&v.as_str())).collect();
+        let mut unknown: Vec<String> = shape::free_variables(program.expression())
+            .into_iter()
+            .filter(|v| !variables.contains(&v.as_str()))
+            .collect();
         unknown.sort_unstable();
         unknown.dedup();
         if !unknown.is_empty() {
