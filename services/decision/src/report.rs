@@ -17,8 +17,8 @@ use rapport_errors::Error;
 use rapport_proto::common::v1 as common;
 use rapport_proto::decision::v1::{self as pb, OutcomeKind, report_request::Subject};
 use rapport_rpc::convert::millis;
-use rapport_storage::sql::{Exec, V};
 use rapport_storage::now_millis;
+use rapport_storage::sql::{Exec, V};
 
 use crate::campaigns::Campaigns;
 use crate::domain::offers;

@@ -15,8 +15,8 @@ use rapport_errors::{Error, ErrorCode};
 use rapport_proto::decision::v1::{self as pb, CampaignKind, CampaignState};
 use rapport_rpc::convert::timestamp;
 use rapport_rules::Rule;
-use rapport_storage::sql::Exec;
 use rapport_storage::now_millis;
+use rapport_storage::sql::Exec;
 
 use crate::decide::{ArmScope, Scope};
 use crate::domain::document::campaign_shapes;
