@@ -628,6 +628,9 @@ async fn the_example_campaigns_fire_once_and_their_timers_survive_a_restart() {
     // cross-sell and the lapsed-customer wait (60 days, still pending at the end).
     let fay = env.customer("fay@example.com", 0, true, serde_json::json!({})).await;
     env.track(&fay, "cart_updated", cart_items, "fay-cart-1", 0).await;
+    // The trigger rule reads the profile when the event is consumed: the order comes after that.
+    eventually("the cart timers to exist", || async { timers(&env.suite.storage, &cart.campaign_id).await.len() == 2 })
+        .await;
     env.track(&fay, "order_completed", serde_json::json!({"revenue_minor": 3000, "currency": "EUR"}), "fay-order-1", 0)
         .await;
 
