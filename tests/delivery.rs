@@ -736,3 +736,145 @@ async fn export_lists_the_messages_and_erasure_cancels_queued_ones_and_wipes_con
     assert_eq!(err.code(), Code::NotFound);
     suite.stop().await;
 }
+
+/// Waits until the customer's timeline has an event named `name`.
+async fn timeline_event(
+    suite: &TestSuite,
+    channel: &GrpcChannel,
+    customer_id: &str,
+    name: &str,
+) -> rapport_proto::profile::v1::Event {
+    let mut p = rapport_proto::profile::v1::profile_service_client::ProfileServiceClient::new(channel.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let t = p
+            .get_timeline(suite.admin(rapport_proto::profile::v1::GetTimelineRequest {
+                customer: customer(customer_id),
+                names: vec![name.into()],
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        if let Some(e) = t.events.into_iter().next() {
+            return e;
+        }
+        assert!(std::time::Instant::now() < deadline, "no {name} on the timeline");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn check_email(suite: &TestSuite, channel: &GrpcChannel, address: &str) -> consent::CheckResponse {
+    ConsentServiceClient::new(channel.clone())
+        .check(suite.admin(consent::CheckRequest {
+            contact_point: Some(email(address)),
+            channel: Channel::Email as i32,
+            purpose: Some(Purpose { name: "marketing".into() }),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test]
+async fn bounces_complaints_and_unsubscribes_flow_into_consent_and_the_timeline() {
+    let (suite, channel) = start("feedback_token = \"intake-token-0123456789\"\n").await;
+    let mut d = DeliveryServiceClient::new(channel.clone());
+    put(&suite, &mut d, welcome()).await;
+    let ann = customer_with(&suite, &channel, "ann@example.com", true).await;
+    let bob = customer_with(&suite, &channel, "bob@example.com", true).await;
+    let to_ann = d.send(suite.admin(send_request(customer(&ann), "fb-ann"))).await.unwrap().into_inner();
+    let to_bob = d.send(suite.admin(send_request(customer(&bob), "fb-bob"))).await.unwrap().into_inner();
+    wait_for(&suite, &mut d, &to_ann.message_id, &[MessageStatus::Sent]).await;
+    wait_for(&suite, &mut d, &to_bob.message_id, &[MessageStatus::Sent]).await;
+
+    // The intake refuses a wrong token and bad reports by field.
+    let post = |token: &str, body: String| {
+        let url = format!("{}/delivery/feedback", suite.http_url);
+        let token = token.to_string();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let rest = url.strip_prefix("http://").unwrap();
+            let (authority, path) = rest.split_at(rest.find('/').unwrap());
+            let mut s = tokio::net::TcpStream::connect(authority).await.unwrap();
+            let req = format!(
+                "POST {path} HTTP/1.1\r\nhost: {authority}\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            let status: u16 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+            (status, out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+        }
+    };
+    let (status, _) = post("wrong", r#"{"events":[]}"#.into()).await;
+    assert_eq!(status, 401);
+    let (status, body) =
+        post("intake-token-0123456789", r#"{"events":[{"message_id":"x","type":"explosion"}]}"#.into()).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("events[0].type"), "{body}");
+
+    // Ann's address bounces for good, Bob complains.
+    let report = serde_json::json!({"events": [
+        {"message_id": format!("<{}@rapport.localhost>", to_ann.message_id), "type": "hard_bounce", "detail": "550 5.1.1 no such user"},
+        {"message_id": to_bob.message_id, "type": "complaint", "detail": "abuse"},
+        {"message_id": "msg_unknown", "type": "delivered"},
+    ]});
+    let (status, body) = post("intake-token-0123456789", report.to_string()).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"accepted\":2") && body.contains("msg_unknown"), "{body}");
+    let m = wait_for(&suite, &mut d, &to_ann.message_id, &[MessageStatus::Bounced]).await;
+    assert!(m.history.last().unwrap().detail.contains("550"), "{m:?}");
+
+    // Consent suppresses both addresses (the feed is asynchronous: wait for it).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (a, b) = (
+            check_email(&suite, &channel, "ann@example.com").await,
+            check_email(&suite, &channel, "bob@example.com").await,
+        );
+        if !a.allowed && !b.allowed {
+            assert_eq!(a.reason, consent::CheckReason::Suppressed as i32);
+            assert_eq!(a.suppression.unwrap().reason, consent::SuppressionReason::HardBounce as i32);
+            assert_eq!(b.suppression.unwrap().reason, consent::SuppressionReason::Complaint as i32);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no suppression: {a:?} {b:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The timeline shows the bounce with the decision that led to the message.
+    let bounced = timeline_event(&suite, &channel, &ann, "message_bounced").await;
+    let ctx = bounced.context.unwrap();
+    assert_eq!((ctx.decision_id.as_str(), ctx.delivery_message_id.as_str()), ("dec_1", to_ann.message_id.as_str()));
+    // The next marketing email to Ann is blocked at send time.
+    let next = d.send(suite.admin(send_request(customer(&ann), "fb-ann-2"))).await.unwrap().into_inner();
+    let m = wait_for(&suite, &mut d, &next.message_id, &[MessageStatus::Blocked]).await;
+    assert!(m.history.last().unwrap().detail.starts_with("CHECK_REASON_SUPPRESSED"), "{m:?}");
+
+    // Unsubscribing through the link in the message: consent records it, the message and timeline show it.
+    let cleo = customer_with(&suite, &channel, "cleo@example.com", true).await;
+    let to_cleo = d.send(suite.admin(send_request(customer(&cleo), "fb-cleo"))).await.unwrap().into_inner();
+    wait_for(&suite, &mut d, &to_cleo.message_id, &[MessageStatus::Sent]).await;
+    let eml = std::fs::read_to_string(
+        suite.storage.data_dir.path().join("outbox/email").join(format!("{}.eml", to_cleo.message_id)),
+    )
+    .unwrap();
+    let link =
+        eml.lines().find_map(|l| l.strip_prefix("List-Unsubscribe: <")).unwrap().trim_end_matches('>').to_string();
+    let path = &link[link.find("/consent/").unwrap()..];
+    let (status, _) =
+        rapport_testkit::http_post_form(&format!("{}{path}", suite.http_url), "List-Unsubscribe=One-Click").await;
+    assert_eq!(status, 200);
+    let unsubscribed = timeline_event(&suite, &channel, &cleo, "message_unsubscribed").await;
+    assert_eq!(unsubscribed.context.unwrap().delivery_message_id, to_cleo.message_id);
+    let m = d
+        .get_message(suite.admin(pb::GetMessageRequest { message_id: to_cleo.message_id.clone() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(m.history.iter().any(|h| h.detail.contains("unsubscribed")), "{m:?}");
+    assert!(!check_email(&suite, &channel, "cleo@example.com").await.allowed);
+    suite.stop().await;
+}

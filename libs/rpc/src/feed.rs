@@ -57,6 +57,16 @@ pub fn to_record(row: OutboxRow) -> OutboxRecord {
 
 /// Applies the records of another service's feed to this service's database.
 pub trait FeedHandler: Send + Sync + 'static {
+    /// Work that commits on its own before the record's transaction (for a store whose writes take
+    /// their own transaction). It must be idempotent: a crash between it and the cursor's commit
+    /// replays the record. An error is retried like one of `apply`.
+    fn prepare<'a>(
+        &'a self,
+        _record: &'a OutboxRecord,
+    ) -> futures::future::BoxFuture<'a, Result<(), rapport_errors::Error>> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// Applies `record` inside `tx`; the consumer's cursor is saved in the same transaction, so a record
     /// is applied exactly once even across crashes. An error rolls back and the record is retried.
     fn apply<'a>(
@@ -159,6 +169,7 @@ async fn run_once(
         .map_err(|s| format!("{}: {}", s.code(), s.message()))?;
     while let Some(item) = stream.next().await {
         let record = item.map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+        handler.prepare(&record).await.map_err(|e| e.to_string())?;
         let mut tx = db.begin().await.map_err(|e| e.to_string())?;
         handler.apply(&mut tx, &record).await.map_err(|e| e.to_string())?;
         rapport_storage::Cursors::save(&mut tx, consumer, record.sequence).await.map_err(|e| e.to_string())?;

@@ -14,6 +14,7 @@ use crate::store::Store;
 use crate::tokens::Signer;
 
 pub mod check_cache;
+pub mod delivery_feed;
 pub mod dsr;
 pub mod feed;
 pub mod grpc;
@@ -83,18 +84,34 @@ pub async fn mount(ctx: ServiceContext) -> anyhow::Result<Mounted> {
     let db = ctx.db.clone();
     let shutdown = ctx.shutdown.clone();
     Ok(Mounted::new(NAME, ctx.db.clone(), server).with_http(http::router(consent)).with_background(move || {
+        let mut tasks = Vec::new();
+        // Bounces, complaints and unsubscribes reported to delivery suppress the address.
+        if clients.is_wired("delivery") {
+            let handler = Arc::new(delivery_feed::DeliveryFeed { store: store.clone() });
+            let source = feed_source!(clients, delivery);
+            let (db, shutdown) = (db.clone(), shutdown.clone());
+            tasks.push(rapport_rpc::feed::consume(
+                delivery_feed::CONSUMER,
+                db,
+                source,
+                delivery_feed::topics(),
+                handler,
+                shutdown,
+            ));
+        }
         if !clients.is_wired("identity") {
             tracing::info!("identity is neither here nor configured; consent does not follow merges");
-            return Vec::new();
+            return tasks;
         }
         let handler = Arc::new(feed::IdentityFeed { store });
-        vec![rapport_rpc::feed::consume(
+        tasks.push(rapport_rpc::feed::consume(
             feed::CONSUMER,
             db,
             feed_source!(clients, identity),
             feed::topics(),
             handler,
             shutdown,
-        )]
+        ));
+        tasks
     }))
 }

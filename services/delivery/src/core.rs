@@ -133,6 +133,19 @@ impl Core {
         detail: &str,
         consent_recorded: bool,
     ) -> OutboxMessage {
+        self.engagement_event_id(row, kind, url, detail, consent_recorded, new_id("eng"))
+    }
+
+    /// [`Core::engagement_event`] with a given engagement id (stable when the same fact may be replayed).
+    pub fn engagement_event_id(
+        &self,
+        row: &MessageRow,
+        kind: pb::EngagementKind,
+        url: &str,
+        detail: &str,
+        consent_recorded: bool,
+        engagement_id: String,
+    ) -> OutboxMessage {
         let contact_point = address::address_kind(Channel::try_from(row.channel as i32).unwrap_or_default())
             .filter(|_| !row.recipient.is_empty())
             .map(|k| address::stored(k, &row.recipient))
@@ -155,7 +168,7 @@ impl Core {
                 offer_id: row.offer_id.clone(),
                 channel: row.channel as i32,
                 url: url.to_string(),
-                engagement_id: new_id("eng"),
+                engagement_id,
                 contact_point,
                 purpose: row.purpose.clone(),
                 campaign_id: row.campaign_id.clone(),

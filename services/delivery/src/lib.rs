@@ -23,6 +23,7 @@ use crate::store::templates::Templates;
 pub mod core;
 pub mod domain;
 pub mod dsr;
+pub mod feed;
 pub mod grpc;
 pub mod http;
 pub mod providers;
@@ -176,11 +177,24 @@ pub async fn mount(ctx: ServiceContext) -> anyhow::Result<Mounted> {
     let shutdown = ctx.shutdown.clone();
     let run_every = Duration::from_secs(settings.direct_mail_run_seconds.max(1));
     let background_core = core.clone();
+    let (clients, db) = (ctx.clients.clone(), ctx.db.clone());
     Ok(Mounted::new(NAME, ctx.db.clone(), server).with_http(http::router(core)).with_background(move || {
         let core = background_core;
         let mut tasks = committers.spawn(core.clone(), shutdown.clone());
         tasks.push(worker::spawn(core.clone(), shutdown.clone()));
         tasks.push(worker::spawn_depth(core.clone(), shutdown.clone()));
+        if clients.is_wired("consent") {
+            let handler = Arc::new(feed::FollowConsent { core: core.clone() });
+            let source = rapport_rpc::feed_source!(clients, consent);
+            tasks.push(rapport_rpc::feed::consume(
+                feed::CONSUMER,
+                db,
+                source,
+                feed::topics(),
+                handler,
+                shutdown.clone(),
+            ));
+        }
         for dm in direct_mail {
             let shutdown = shutdown.clone();
             tasks.push(tokio::spawn(async move {

@@ -21,7 +21,8 @@ pub struct DeliverySettings {
     pub tracking: bool,
     /// Bearer token the bounce and complaint intake accepts (at least 16 characters). Empty: intake off.
     pub feedback_token: Secret,
-    /// Sends in flight at once per process, over all providers.
+    /// Messages being prepared and sent at once per process, over all providers (each provider bounds its
+    /// own connections).
     pub workers: usize,
     /// Messages claimed from the queue per read.
     pub claim_batch: i64,
@@ -68,7 +69,7 @@ impl Default for DeliverySettings {
             tracking_secret: Secret::default(),
             tracking: true,
             feedback_token: Secret::default(),
-            workers: 32,
+            workers: 256,
             claim_batch: 200,
             poll_interval_ms: 200,
             lease_seconds: 60,

@@ -40,12 +40,17 @@ pub fn spawn(core: Arc<Core>, shutdown: CancellationToken) -> tokio::task::JoinH
                 break;
             }
             // Claim no more than can be sent now, so that claimed messages do not wait out their lease.
-            let free = permits.available_permits();
-            if free == 0 {
+            // Claim in batches worth a consent CheckBatch: wait (briefly) for a quarter of the workers.
+            let want = (core.settings.workers / 4).clamp(1, core.settings.claim_batch as usize) as u32;
+            if permits.available_permits() < want as usize {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    p = permits.clone().acquire_owned() => drop(p),
+                    p = permits.clone().acquire_many_owned(want) => drop(p),
+                    _ = tokio::time::sleep(Duration::from_millis(5)) => {}
                 }
+            }
+            let free = permits.available_permits();
+            if free == 0 {
                 continue;
             }
             let limit = (free as i64).min(core.settings.claim_batch);
@@ -501,23 +506,16 @@ async fn send(core: &Core, job: Job, domains: Option<&DefaultKeyedRateLimiter<St
     }
     let mark = Mark { core, message_id: &row.message_id };
     let routed = core.registry.send(&outgoing, &mark).await;
-    let routed = match routed.outcome {
-        Outcome::Unknown { detail } => {
-            // The answer to the final step was lost: ask the provider, else count it as sent.
-            let provider = core.registry.get(&routed.provider);
-            let known = match &provider {
-                Some(p) => p.provider.reconcile(&row.message_id).await,
-                None => None,
-            };
-            let outcome = match known {
-                Some(false) => Outcome::Retry { detail },
-                Some(true) => Outcome::Sent { detail: format!("{detail}; the provider has it (reconciled)") },
-                None => Outcome::Sent { detail: format!("{detail}; assumed accepted (no reconciliation configured)") },
-            };
-            Routed { provider: routed.provider, outcome }
-        }
-        _ => routed,
-    };
+    if let Outcome::Unknown { detail } = &routed.outcome {
+        // The answer to the final step was lost (the provider may still be processing it): keep the mark
+        // and come back after a lease, when the provider is asked (or, without a lookup, it counts as sent).
+        let mut c = change(core, &row, MessageStatus::Queued, format!("{detail}; the outcome is settled later"));
+        c.next_attempt_at = Some(now_millis() + core.settings.lease_seconds * 1000);
+        c.keep_handoff = true;
+        c.provider = Some(routed.provider.clone());
+        c.events.clear();
+        return c;
+    }
     outcome_change(core, &row, &outgoing, routed)
 }
 

@@ -12,6 +12,7 @@ use crate::store::{Store, StoreSettings};
 
 pub mod computed;
 pub mod follow;
+pub mod follow_delivery;
 pub mod grpc;
 pub mod segments;
 pub mod store;
@@ -46,19 +47,20 @@ pub async fn mount(ctx: ServiceContext) -> anyhow::Result<Mounted> {
     };
     let cache = ctx.cache.clone();
     let periodic_cache = ctx.cache.clone();
-    let follower = Arc::new(follow::FollowIdentity {
-        store: store.clone(),
-        on_change: Arc::new(move |customers: Vec<String>| {
+    let invalidate: Arc<dyn Fn(Vec<String>) -> futures::future::BoxFuture<'static, ()> + Send + Sync> =
+        Arc::new(move |customers: Vec<String>| {
             let cache = cache.clone();
             Box::pin(async move {
                 for c in customers {
                     grpc::invalidate(&cache, &c).await;
                 }
             })
-        }),
-    });
+        });
+    let follower = Arc::new(follow::FollowIdentity { store: store.clone(), on_change: invalidate.clone() });
+    let delivery_follower = Arc::new(follow_delivery::FollowDelivery { store: store.clone(), on_change: invalidate });
     let (db, clients, shutdown) = (ctx.db.clone(), ctx.clients.clone(), ctx.shutdown.clone());
     Ok(Mounted::new(NAME, ctx.db.clone(), ProfileServiceServer::new(service)).with_background(move || {
+        let (delivery_db, delivery_shutdown) = (db.clone(), shutdown.clone());
         let consumer = rapport_rpc::feed::consume(
             follow::CONSUMER,
             db,
@@ -89,6 +91,18 @@ pub async fn mount(ctx: ServiceContext) -> anyhow::Result<Mounted> {
                 }
             }
         });
-        vec![consumer, periodic, audit_task]
+        let mut tasks = vec![consumer, periodic, audit_task];
+        // Opens, clicks, bounces and call outcomes onto the timeline.
+        if clients.is_wired("delivery") {
+            tasks.push(rapport_rpc::feed::consume(
+                follow_delivery::CONSUMER,
+                delivery_db,
+                rapport_rpc::feed_source!(clients, delivery),
+                follow_delivery::topics(),
+                delivery_follower,
+                delivery_shutdown,
+            ));
+        }
+        tasks
     }))
 }

@@ -94,8 +94,9 @@ struct BenchArgs {
     /// What to call: `ping` (the stack's floor), `resolve` (Identity.Resolve over a pool of customers),
     /// `track` (Profile.Track batches, identity included), `get-profile` (cached Profile.GetProfile) or
     /// `check` (Consent.Check of a contact point with a recorded grant) or `freshness` (an order tracked, then
-    /// read back until its computed traits show it).
-    #[arg(value_parser = ["ping", "resolve", "track", "get-profile", "check", "freshness"])]
+    /// read back until its computed traits show it) or `send` (personalised marketing emails through
+    /// Delivery.SendBatch to the configured SMTP relay, counted at the sink).
+    #[arg(value_parser = ["ping", "resolve", "track", "get-profile", "check", "freshness", "send"])]
     target: String,
     /// Calls started per second.
     #[arg(long, default_value_t = 1000)]
@@ -112,9 +113,21 @@ struct BenchArgs {
     /// How many distinct customers the calls touch.
     #[arg(long, default_value_t = 10_000)]
     customers: u64,
-    /// Events per Track call.
+    /// Events per Track call; messages per SendBatch call.
     #[arg(long, default_value_t = 100)]
     batch: usize,
+    /// send: how many messages.
+    #[arg(long, default_value_t = 10_000)]
+    messages: u64,
+    /// send: the SMTP sink's stats URL (bench/smtp_sink.py), watched until every message arrived.
+    #[arg(long, default_value = "")]
+    sink: String,
+    /// send: prefix of the idempotency keys (the same run id submits the same messages again).
+    #[arg(long, default_value = "")]
+    run_id: String,
+    /// send: the customers and the template exist already (a resubmission of the same run).
+    #[arg(long)]
+    skip_setup: bool,
 }
 
 #[derive(Debug, Args)]
@@ -334,6 +347,22 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "track" => rapport::bench::profile_load(&spec, channels, token, args.customers, "track", args.batch).await,
         "check" => rapport::bench::consent_load(&spec, channels, token, args.customers).await?,
         "freshness" => rapport::bench::freshness_load(&spec, channels, token).await,
+        "send" => {
+            let spec = rapport::bench_send::SendSpec {
+                messages: args.messages,
+                rate: args.rate,
+                batch: args.batch.clamp(1, 1000),
+                customers: args.customers.min(args.messages.max(1)),
+                sink: args.sink.clone(),
+                run_id: if args.run_id.is_empty() {
+                    format!("bench-{}", chrono::Utc::now().timestamp_millis())
+                } else {
+                    args.run_id.clone()
+                },
+                skip_setup: args.skip_setup,
+            };
+            return rapport::bench_send::run(&spec, channels, token).await;
+        }
         _ => rapport::bench::profile_load(&spec, channels, token, args.customers, "get", 0).await,
     };
     println!("{}", report.summary(&format!("{} at {}/s over {} connection(s)", args.target, args.rate, n)));

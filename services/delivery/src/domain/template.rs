@@ -41,6 +41,7 @@ fn part<'a>(c: &'a LocalizedContent, name: &str) -> &'a str {
 /// A template compiled for rendering: one minijinja environment with a template per locale and part.
 pub struct Compiled {
     env: Environment<'static>,
+    variables: Vec<String>,
     locales: Vec<LocalizedContent>,
     default_locale: String,
 }
@@ -103,16 +104,17 @@ impl Compiled {
                 })?;
             }
         }
-        Ok(Self { env, locales: locales.to_vec(), default_locale: default_locale.to_string() })
+        let mut variables = std::collections::BTreeSet::new();
+        for (_, t) in env.templates() {
+            variables.extend(t.undeclared_variables(false));
+        }
+        let variables = variables.into_iter().collect();
+        Ok(Self { env, variables, locales: locales.to_vec(), default_locale: default_locale.to_string() })
     }
 
     /// The variables the template reads at top level (e.g. `profile`, `offer`, `coupon`).
-    pub fn variables(&self) -> Vec<String> {
-        let mut out = std::collections::BTreeSet::new();
-        for (_, t) in self.env.templates() {
-            out.extend(t.undeclared_variables(false));
-        }
-        out.into_iter().collect()
+    pub fn variables(&self) -> &[String] {
+        &self.variables
     }
 
     /// The index of the locale that serves `requested`: exact, then its language, then any locale of
@@ -234,7 +236,7 @@ mod tests {
         let err = c.render("en", &json!({"profile": {}, "offer": {"title": "x"}})).unwrap_err();
         assert_eq!(err.field, "subject");
         assert!(err.problem.contains("undefined"), "{}", err.problem);
-        let mut vars = c.variables();
+        let mut vars = c.variables().to_vec();
         vars.sort();
         assert_eq!(vars, vec!["offer".to_string(), "profile".to_string()]);
     }

@@ -105,6 +105,8 @@ pub struct Change {
     pub subject: Option<String>,
     /// Whether to record the change in the history (engagement repeats are not).
     pub history: bool,
+    /// Keep the hand-off mark (an interrupted hand-off whose outcome is asked for later).
+    pub keep_handoff: bool,
     /// Outbox events published with the change.
     pub events: Vec<OutboxMessage>,
 }
@@ -357,7 +359,10 @@ impl Messages {
             );
             // Leaving the queue or going back to it releases the lease and clears the hand-off mark.
             if c.owner.is_some() {
-                sql.push_str(", lease_owner = NULL, lease_until = NULL, handoff_provider = NULL, handoff_at = NULL");
+                sql.push_str(", lease_owner = NULL, lease_until = NULL");
+                if !c.keep_handoff {
+                    sql.push_str(", handoff_provider = NULL, handoff_at = NULL");
+                }
             }
             sql.push_str(" WHERE message_id = $1");
             let mut binds: Vec<V> = vec![
