@@ -331,6 +331,28 @@ async fn a_message_is_sent_once_per_key_through_the_file_sink_with_its_history()
 }
 
 #[tokio::test]
+async fn a_batch_of_more_customers_than_one_profile_read_takes_is_sent_whole() {
+    // BatchGetProfiles takes at most 100 customers; a claim of 150 messages to 150 customers must read
+    // their profiles in several calls, not wait forever for a profile service that refuses the call.
+    let (suite, channel) = start("claim_batch = 200\n").await;
+    let mut d = DeliveryServiceClient::new(channel.clone());
+    put(&suite, &mut d, welcome()).await;
+    let mut requests = Vec::new();
+    for i in 0..150 {
+        let who = customer_with(&suite, &channel, &format!("reader{i}@example.com"), true).await;
+        requests.push(send_request(customer(&who), &format!("batch-{i}")));
+    }
+    let sent = d.send_batch(suite.admin(pb::SendBatchRequest { messages: requests })).await.unwrap().into_inner();
+    assert_eq!(sent.results.len(), 150);
+    for r in sent.results {
+        let Some(pb::send_batch_result::Outcome::Sent(s)) = r.outcome else { panic!("refused: {r:?}") };
+        let m = wait_for(&suite, &mut d, &s.message_id, &[MessageStatus::Sent]).await;
+        assert_eq!(m.subject, "Welcome Ann", "personalised from the profile");
+    }
+    suite.stop().await;
+}
+
+#[tokio::test]
 async fn bad_input_is_refused_at_send_naming_the_field_and_a_batch_reports_per_index() {
     let (suite, channel) = start("").await;
     let mut d = DeliveryServiceClient::new(channel.clone());

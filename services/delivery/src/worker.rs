@@ -290,7 +290,9 @@ async fn prepare(core: &Arc<Core>, rows: Vec<MessageRow>) -> Vec<Step> {
     let mut profiles: BTreeMap<String, Value> = BTreeMap::new();
     let mut profile_down = None;
     let wanted: Vec<String> = wanted.into_iter().collect();
-    for chunk in wanted.chunks(500) {
+    // BatchGetProfiles takes at most this many customers per call.
+    const PROFILES_PER_CALL: usize = 100;
+    for chunk in wanted.chunks(PROFILES_PER_CALL) {
         let request = profile::BatchGetProfilesRequest {
             requests: chunk
                 .iter()
