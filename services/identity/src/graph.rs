@@ -248,6 +248,18 @@ fn new_customer_id() -> String {
     format!("cus_{}", uuid::Uuid::now_v7().simple())
 }
 
+/// The customer id `seed` gives the customer first seen with `first`: "cus_" and 32 hex digits of
+/// SHA-256 over the seed, the identifier and `attempt` (the next attempt when an id is taken).
+pub fn seeded_customer_id(seed: &str, first: &Ident, attempt: u32) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for part in [seed, first.id_type.name(), &first.namespace, &first.value, &attempt.to_string()] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    format!("cus_{}", &hex::encode(h.finalize())[..32])
+}
+
 fn new_change_id() -> String {
     format!("chg_{}", uuid::Uuid::now_v7().simple())
 }
@@ -397,7 +409,7 @@ impl Graph {
         let survivor = match oldest(tx, &owners).await? {
             Some(id) => id,
             None => {
-                let id = new_customer_id();
+                let id = self.fresh_customer_id(tx, evidence.first()).await?;
                 on_tx!(tx, t => sqlx::query("INSERT INTO customers (id, kind, created_at) VALUES ($1, $2, $3)")
                     .bind(&id).bind(kind).bind(now).execute(&mut **t).await?.rows_affected());
                 resolved.created = true;
@@ -726,6 +738,27 @@ impl Graph {
         let message = self.events.erased(&id, &aliases);
         self.finish(tx, vec![message]).await?;
         Ok((id, erased))
+    }
+}
+
+impl Graph {
+    /// A new customer's id: random, or derived from `identity.customer_id_seed` and the first identifier
+    /// when a seed is configured (demos and tests that must give the same ids on every run), skipping
+    /// ids already taken (erased customers keep their row).
+    async fn fresh_customer_id(&self, tx: &mut Tx, first: Option<&Ident>) -> Result<String, Error> {
+        let (seed, first) = match (self.settings.customer_id_seed.as_str(), first) {
+            ("", _) | (_, None) => return Ok(new_customer_id()),
+            (seed, Some(first)) => (seed, first),
+        };
+        for attempt in 0..1_000 {
+            let id = seeded_customer_id(seed, first, attempt);
+            let taken: Option<i64> = on_tx!(tx, t => sqlx::query_scalar("SELECT created_at FROM customers WHERE id = $1")
+                .bind(&id).fetch_optional(&mut **t).await?);
+            if taken.is_none() {
+                return Ok(id);
+            }
+        }
+        Ok(new_customer_id())
     }
 }
 

@@ -26,6 +26,10 @@ pub struct IdentitySettings {
     /// Identifier types from most to least trusted. When a merge would break a limit, the evidence of the
     /// lowest type in this order is left out first.
     pub priority: Vec<String>,
+    /// When set, new customer ids are derived from this seed and the first identifier seen instead of
+    /// being random, so a replay of the same input gives the same ids (`rapport demo`, tests). Leave it
+    /// empty in production: derived ids reveal nothing, but random ones need no secret to stay unguessable.
+    pub customer_id_seed: String,
 }
 
 impl Default for IdentitySettings {
@@ -40,6 +44,7 @@ impl Default for IdentitySettings {
             priority: ["user_id", "loyalty_id", "external", "email", "phone", "device_id", "anonymous_id"]
                 .map(String::from)
                 .to_vec(),
+            customer_id_seed: String::new(),
         }
     }
 }

@@ -244,3 +244,34 @@ async fn entities_of_different_kinds_never_merge() {
     assert_eq!(f.graph.lookup(&f.id(External, "ACME-1")).await.unwrap(), Some(account.customer_id.clone()));
     assert_eq!(f.graph.explain(&account.customer_id).await.unwrap().kind, "account");
 }
+
+#[tokio::test]
+async fn a_customer_id_seed_gives_the_same_ids_on_every_run_and_random_ids_without_it() {
+    let seeded = || IdentitySettings { customer_id_seed: "demo-1".into(), ..IdentitySettings::default() };
+    let (one, two) = (fixture(seeded()).await, fixture(seeded()).await);
+    let a1 = one.resolve(&[(Email, "ann@example.com"), (Phone, "+1 415 555 2671")]).await;
+    let a2 = two.resolve(&[(Email, "ann@example.com"), (Phone, "+1 415 555 2671")]).await;
+    assert_eq!(a1.customer_id, a2.customer_id, "same seed, same input: same id");
+    let expected = rapport_identity::graph::seeded_customer_id("demo-1", &one.id(Email, "ann@example.com"), 0);
+    assert_eq!(a1.customer_id, expected);
+    assert_eq!(a1.customer_id.len(), "cus_".len() + 32);
+
+    // An erased customer keeps its row, so the same identifier arriving again gets the next id, not the old one.
+    one.graph.erase(&a1.customer_id).await.unwrap();
+    let again = one.resolve(&[(Email, "ann@example.com")]).await;
+    assert!(again.created);
+    assert_ne!(again.customer_id, a1.customer_id);
+    assert_eq!(
+        again.customer_id,
+        rapport_identity::graph::seeded_customer_id("demo-1", &one.id(Email, "ann@example.com"), 1)
+    );
+
+    // Another seed, other ids; no seed, random ids.
+    let other = fixture(IdentitySettings { customer_id_seed: "demo-2".into(), ..IdentitySettings::default() }).await;
+    assert_ne!(other.resolve(&[(Email, "ann@example.com")]).await.customer_id, a1.customer_id);
+    let (r1, r2) = (fixture(IdentitySettings::default()).await, fixture(IdentitySettings::default()).await);
+    assert_ne!(
+        r1.resolve(&[(Email, "ann@example.com")]).await.customer_id,
+        r2.resolve(&[(Email, "ann@example.com")]).await.customer_id
+    );
+}
