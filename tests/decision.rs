@@ -820,9 +820,11 @@ async fn experiments_holdouts_reports_and_policy_evaluation() {
         .into_inner();
     let mut held = 0;
     let mut converted = 0;
+    let mut who = Vec::new();
     for i in 0..30 {
         let c = env.customer(&format!("x{i}@example.com"), 0, true, serde_json::json!({})).await;
         let r = env.decide(&c, PlacementKind::Email, 1, &campaign.campaign_id).await;
+        who.push((c.clone(), r.holdout));
         let assignment = d
             .get_assignment(
                 env.req(pb::GetAssignmentRequest { experiment_id: exp.experiment_id.clone(), customer: by_id(&c) }),
@@ -934,6 +936,33 @@ async fn experiments_holdouts_reports_and_policy_evaluation() {
         .await
         .unwrap_err();
     assert!(err.message().starts_with("policy"), "{}", err.message());
+
+    // A campaign naming the first one's id as its holdout salt holds out exactly the same customers; a salt
+    // over 100 characters is refused by name.
+    let same_salt = |salt: String| pb::Campaign {
+        name: "same holdout".into(),
+        kind: pb::CampaignKind::Triggered as i32,
+        trigger_events: vec!["never_happens".into()],
+        placement: PlacementKind::Email as i32,
+        holdout_share: 0.2,
+        holdout_salt: salt,
+        ..Default::default()
+    };
+    let err = d
+        .create_campaign(env.req(pb::CreateCampaignRequest { campaign: Some(same_salt("s".repeat(101))) }))
+        .await
+        .unwrap_err();
+    assert!(err.message().starts_with("campaign.holdout_salt"), "{}", err.message());
+    let twin = d
+        .create_campaign(env.req(pb::CreateCampaignRequest { campaign: Some(same_salt(campaign.campaign_id.clone())) }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(twin.holdout_salt, campaign.campaign_id);
+    for (c, was_held) in &who {
+        let r = env.decide(c, PlacementKind::Email, 1, &twin.campaign_id).await;
+        assert_eq!(r.holdout, *was_held, "the same salt holds out the same customers");
+    }
     env.suite.stop().await;
 }
 

@@ -56,6 +56,8 @@ pub struct Scope {
     /// Only these offers; all when empty.
     pub offer_ids: Vec<String>,
     pub holdout_share: f64,
+    /// Salt of the holdout hash (the campaign id unless the campaign names one).
+    pub holdout_salt: String,
     pub arm: Option<ArmScope>,
 }
 
@@ -280,7 +282,7 @@ pub async fn decide(store: &Store, input: Input) -> Result<Outcome, Status> {
 
     let global_holdout = hash::in_holdout(&settings.global_holdout_salt, &customer_id, settings.global_holdout_share);
     let campaign_holdout = !input.scope.campaign_id.is_empty()
-        && hash::in_holdout(&input.scope.campaign_id, &customer_id, input.scope.holdout_share);
+        && hash::in_holdout(&input.scope.holdout_salt, &customer_id, input.scope.holdout_share);
     let decision_id = match (&input.decision_id, input.dry_run) {
         (_, true) => String::new(),
         (Some(id), false) => id.clone(),

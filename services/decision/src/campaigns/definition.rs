@@ -40,6 +40,9 @@ pub struct CampaignDef {
     pub channel: String,
     #[serde(default)]
     pub holdout_share: f64,
+    /// Salt of the holdout hash; the campaign id when empty.
+    #[serde(default)]
+    pub holdout_salt: String,
 }
 
 /// One `[[offers]]` entry.
@@ -140,6 +143,7 @@ impl CampaignFile {
             channel: channel(&c.channel).map_err(|e| format!("campaign.channel: {e}"))?,
             offer_ids,
             holdout_share: c.holdout_share,
+            holdout_salt: c.holdout_salt.clone(),
             ..Default::default()
         })
     }

@@ -166,6 +166,10 @@ impl Campaigns {
         if !(0.0..=0.5).contains(&c.holdout_share) {
             return Err(Error::invalid("campaign.holdout_share", "must be between 0 and 0.5"));
         }
+        c.holdout_salt = c.holdout_salt.trim().to_string();
+        if c.holdout_salt.chars().count() > 100 {
+            return Err(Error::invalid("campaign.holdout_salt", "must be at most 100 characters"));
+        }
         if !c.experiment_id.is_empty() && self.experiment(&c.experiment_id).await.is_err() {
             return Err(Error::invalid("campaign.experiment_id", format!("unknown experiment {}", c.experiment_id)));
         }
@@ -217,7 +221,7 @@ impl Campaigns {
             return Err(Error::invalid("campaign.campaign_id", "is required"));
         }
         let current = self.get(&update.campaign_id).await?;
-        const PATHS: [&str; 13] = [
+        const PATHS: [&str; 14] = [
             "name",
             "trigger_events",
             "trigger_rule",
@@ -229,6 +233,7 @@ impl Campaigns {
             "channel",
             "offer_ids",
             "holdout_share",
+            "holdout_salt",
             "experiment_id",
             "kind",
         ];
@@ -255,6 +260,7 @@ impl Campaigns {
             channel,
             offer_ids,
             holdout_share,
+            holdout_salt,
             experiment_id,
             kind
         );
@@ -325,7 +331,14 @@ impl Campaigns {
                 offer_id: a.offer_id.clone(),
             })
         };
-        Ok(Scope { campaign_id: c.campaign_id, offer_ids: c.offer_ids, holdout_share: c.holdout_share, arm })
+        let holdout_salt = if c.holdout_salt.is_empty() { c.campaign_id.clone() } else { c.holdout_salt };
+        Ok(Scope {
+            campaign_id: c.campaign_id,
+            offer_ids: c.offer_ids,
+            holdout_share: c.holdout_share,
+            holdout_salt,
+            arm,
+        })
     }
 
     /// Creates an experiment.
