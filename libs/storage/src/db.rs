@@ -186,9 +186,10 @@ async fn connect_postgres(url: &str, service: &str, settings: &PoolSettings) -> 
     let pool = PgPoolOptions::new()
         .max_connections(settings.max_connections.max(1))
         .acquire_timeout(settings.acquire_timeout)
-        .connect_with(opts)
+        .connect_with(opts.clone())
         .await
         .map_err(unreachable)?;
+    crate::circuit::watch(&pool, opts);
     Ok(Db::Postgres(pool))
 }
 

@@ -7,6 +7,7 @@
 //! that SQLite and PostgreSQL both understand.
 
 mod audit;
+mod circuit;
 mod db;
 mod group;
 mod outbox;

@@ -144,6 +144,16 @@ fn pg_bin(name: &str) -> PathBuf {
     dirs.into_iter().rev().map(|d| d.join(name)).find(|p| p.exists()).unwrap_or_else(|| PathBuf::from(name))
 }
 
+/// Whether this machine has PostgreSQL server binaries (initdb, pg_ctl).
+pub fn postgres_installed() -> bool {
+    pg_bin("initdb").is_absolute() && pg_bin("pg_ctl").is_absolute()
+}
+
+/// Whether `redis-server` is on the PATH.
+pub fn redis_installed() -> bool {
+    Command::new("redis-server").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+}
+
 /// A PostgreSQL server of the test's own: initdb into a temporary directory, started on a free port,
 /// trust authentication for the local user.
 pub struct Postgres {

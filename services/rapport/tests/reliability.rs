@@ -1,0 +1,329 @@
+//! Reliability with real processes: a PostgreSQL and a Redis of the test's own (never the shared ones on
+//! 5432 and 6379), and the `rapport` binary cargo built, stopped and killed under load.
+//!
+//! - `postgres_outage_*`: PostgreSQL stopped under load and started again.
+//! - `redis_outage_*`: Redis stopped: caches bypassed, contact policies fail closed, consent holds.
+//! - `sigkill_*`: the process killed under load and restarted: feeds resume from their cursors, timers
+//!   fire once.
+//! - `sigterm_*`: in-flight calls finish, the process exits within its grace period.
+//! - `soak_*`: mixed load for `RAPPORT_SOAK_SECONDS` (120 by default): error rate and memory.
+//!
+//! They run when `RAPPORT_TEST_DATABASE_URL` is set (the PostgreSQL pass of scripts/test.sh) or when
+//! `RAPPORT_RELIABILITY=1`, one at a time (they measure time and memory on a small machine), and skip with
+//! a message when the machine has no PostgreSQL server binaries or no redis-server. docs/operations.md
+//! describes what each shows.
+
+mod support;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rapport_proto::common::v1::{self as common, Channel, Identifier, IdentifierType};
+use rapport_proto::consent::v1::{self as consent, consent_service_client::ConsentServiceClient};
+use rapport_proto::profile::v1::{self as profile, profile_service_client::ProfileServiceClient};
+use rapport_rpc::convert::{json_to_struct, timestamp};
+use rapport_storage::now_millis;
+use support::{Postgres, Rapport};
+use tonic::Code;
+use tonic::transport::Channel as GrpcChannel;
+
+/// One scenario at a time: they measure latency and memory, and the machine has few cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Whether the reliability scenarios run here; prints why not.
+fn enabled(test: &str) -> bool {
+    let on = std::env::var("RAPPORT_TEST_DATABASE_URL").is_ok_and(|v| !v.is_empty())
+        || std::env::var("RAPPORT_RELIABILITY").is_ok_and(|v| v == "1");
+    if !on {
+        eprintln!(
+            "{test}: skipped (runs in the PostgreSQL pass of scripts/test.sh: set RAPPORT_TEST_DATABASE_URL or RAPPORT_RELIABILITY=1)"
+        );
+        return false;
+    }
+    if !support::postgres_installed() {
+        eprintln!("{test}: skipped: no PostgreSQL server binaries under /usr/lib/postgresql/*/bin");
+        return false;
+    }
+    if !support::redis_installed() {
+        eprintln!("{test}: skipped: no redis-server on PATH");
+        return false;
+    }
+    true
+}
+
+fn email(v: &str) -> Identifier {
+    Identifier { r#type: IdentifierType::Email as i32, value: v.into(), namespace: String::new() }
+}
+
+fn req<T>(m: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(m);
+    r.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r.set_timeout(Duration::from_secs(10));
+    r
+}
+
+/// One call the load made: what, when it started (since the test began), how long it took, how it ended,
+/// and what it wrote when it was answered OK.
+#[derive(Debug, Clone)]
+struct Call {
+    op: &'static str,
+    started: Duration,
+    took: Duration,
+    code: Code,
+    wrote: Option<String>,
+}
+
+#[derive(Clone)]
+struct Load {
+    t0: Instant,
+    calls: Arc<Mutex<Vec<Call>>>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Load {
+    fn new() -> Self {
+        Self { t0: Instant::now(), calls: Arc::default(), stop: tokio_util::sync::CancellationToken::new() }
+    }
+
+    fn now(&self) -> Duration {
+        self.t0.elapsed()
+    }
+
+    /// Runs `f` and records it; a call that does not answer within 10 s counts as DEADLINE_EXCEEDED.
+    async fn call<F, Fut>(&self, op: &'static str, f: F) -> Code
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<String>, tonic::Status>>,
+    {
+        let started = self.now();
+        let at = Instant::now();
+        let (code, wrote) = match tokio::time::timeout(Duration::from_secs(10), f()).await {
+            Ok(Ok(wrote)) => (Code::Ok, wrote),
+            Ok(Err(s)) => (s.code(), None),
+            Err(_) => (Code::DeadlineExceeded, None),
+        };
+        self.calls.lock().unwrap().push(Call { op, started, took: at.elapsed(), code, wrote });
+        code
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+/// Tracks one event with a fresh message id for one of `customers` customers; OK writes the message id.
+async fn track(
+    channel: GrpcChannel,
+    token: &str,
+    customer: usize,
+    message_id: String,
+) -> Result<Option<String>, tonic::Status> {
+    let r = ProfileServiceClient::new(channel)
+        .track(req(
+            profile::TrackRequest {
+                events: vec![profile::Event {
+                    message_id: message_id.clone(),
+                    name: "page_viewed".into(),
+                    occurred_at: Some(timestamp(now_millis())),
+                    identifiers: vec![email(&format!("rel-{customer}@example.com"))],
+                    properties: Some(json_to_struct(serde_json::json!({"url": "/p"}))),
+                    context: Some(profile::EventContext { source: "webshop".into(), ..Default::default() }),
+                    ..Default::default()
+                }],
+            },
+            token,
+        ))
+        .await?
+        .into_inner();
+    if !r.rejected.is_empty() {
+        return Err(tonic::Status::internal(format!("rejected: {:?}", r.rejected)));
+    }
+    Ok(r.results.into_iter().next().map(|x| x.message_id))
+}
+
+fn entry(customer: usize, granted: bool, key: String) -> consent::EntryInput {
+    consent::EntryInput {
+        contact_point: Some(email(&format!("rel-{customer}@example.com"))),
+        channel: Channel::Email as i32,
+        purpose: Some(common::Purpose { name: "marketing".into() }),
+        status: if granted { consent::ConsentStatus::Granted } else { consent::ConsentStatus::Withdrawn } as i32,
+        legal_basis: consent::LegalBasis::Consent as i32,
+        provenance: Some(common::Provenance { source: "webshop".into(), ..Default::default() }),
+        proof: Some(consent::Proof {
+            notice_id: "privacy".into(),
+            notice_version: "1".into(),
+            method: consent::ProofMethod::WebForm as i32,
+            ..Default::default()
+        }),
+        occurred_at: Some(timestamp(now_millis())),
+        idempotency_key: key,
+        ..Default::default()
+    }
+}
+
+/// Records one consent entry; OK writes the entry id.
+async fn record(
+    channel: GrpcChannel,
+    token: &str,
+    customer: usize,
+    granted: bool,
+    key: String,
+) -> Result<Option<String>, tonic::Status> {
+    let r = ConsentServiceClient::new(channel)
+        .record(req(consent::RecordRequest { entries: vec![entry(customer, granted, key)] }, token))
+        .await?
+        .into_inner();
+    Ok(r.entries.into_iter().next().map(|e| e.entry_id))
+}
+
+/// Every value of the first column of `sql` in the database at `url`.
+async fn column(url: &str, sql: &str) -> HashSet<String> {
+    use rapport_storage::sqlx::{self, Connection};
+    let mut conn = sqlx::PgConnection::connect(url).await.expect("the test's postgres answers");
+    let rows: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql.to_string())).fetch_all(&mut conn).await.unwrap();
+    rows.into_iter().map(|r| r.0).collect()
+}
+
+fn percentile(mut v: Vec<Duration>, p: f64) -> Duration {
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v.sort();
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn codes(calls: &[&Call]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for c in calls {
+        *m.entry(format!("{}:{:?}", c.op, c.code)).or_default() += 1;
+    }
+    m
+}
+
+/// Writers and readers until `load.stop`: Track and Consent.Record (writes), GetProfile (reads).
+fn start_writers(load: &Load, channel: &GrpcChannel, token: &str, tasks: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut handles = Vec::new();
+    for t in 0..tasks {
+        let (load, channel, token) = (load.clone(), channel.clone(), token.to_string());
+        handles.push(tokio::spawn(async move {
+            let mut i = 0usize;
+            while !load.stop.is_cancelled() {
+                let customer = (t * 7 + i) % 40;
+                let code = match i % 3 {
+                    0 | 1 => {
+                        let id = format!("rel-{t}-{i}");
+                        load.call("track", || track(channel.clone(), &token, customer, id)).await
+                    }
+                    _ => {
+                        let key = format!("rel-{t}-{i}");
+                        load.call("record", || record(channel.clone(), &token, customer, i.is_multiple_of(2), key))
+                            .await
+                    }
+                };
+                i += 1;
+                // A failing dependency answers fast; do not spin on it.
+                let pause = if code == Code::Ok { 5 } else { 50 };
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+        }));
+    }
+    handles
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_fails_fast_resumes_by_itself_and_loses_no_accepted_write() {
+    if !enabled("postgres_outage") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut pg = Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = pg.url();
+    let server = Rapport::start(dir.path(), &[("RAPPORT__STORAGE__URL", url.as_str())], &[]);
+    let token = server.admin_token();
+    let channel = server.channel().await;
+    let load = Load::new();
+    let writers = start_writers(&load, &channel, &token, 6);
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stop_begun = load.now();
+    pg.stop();
+    let stopped = load.now();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let start_begun = load.now();
+    pg.start_again();
+    let started = load.now();
+    // Resumes by itself: the first write that succeeds after the start.
+    let resumed = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let calls = load.calls();
+        if let Some(c) = calls.iter().filter(|c| c.started >= started && c.code == Code::Ok).min_by_key(|c| c.started) {
+            break c.started + c.took;
+        }
+        assert!(
+            load.now() < started + Duration::from_secs(30),
+            "no call succeeded within 30 s of the restart: {}",
+            server.output()
+        );
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    load.stop.cancel();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let calls = load.calls();
+
+    // During the outage every call answers within 2 s, and a write that could not be stored says UNAVAILABLE.
+    let during: Vec<&Call> = calls.iter().filter(|c| c.started >= stopped && c.started < start_begun).collect();
+    let latencies: Vec<Duration> = during.iter().map(|c| c.took).collect();
+    let max = latencies.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "postgres_outage: {} calls during the {:.1} s outage: {:?}; latency p50 {:?} p99 {:?} max {:?}; first success {:?} after the start ({:?} to start postgres); {} calls in all: {:?}",
+        during.len(),
+        (start_begun - stopped).as_secs_f64(),
+        codes(&during),
+        percentile(latencies.clone(), 0.5),
+        percentile(latencies.clone(), 0.99),
+        max,
+        resumed.saturating_sub(started),
+        started - start_begun,
+        calls.len(),
+        codes(&calls.iter().collect::<Vec<_>>()),
+    );
+    if std::env::var("RAPPORT_RELIABILITY_VERBOSE").is_ok() {
+        eprintln!("stop begun {stop_begun:?}, stopped {stopped:?}, start begun {start_begun:?}, started {started:?}");
+        for c in calls.iter().filter(|c| c.started + c.took >= stop_begun && c.started <= started) {
+            eprintln!("  {c:?}");
+        }
+    }
+    assert!(during.len() >= 20, "too few calls during the outage to tell: {}", during.len());
+    let slow: Vec<&&Call> = during.iter().filter(|c| c.took >= Duration::from_secs(2)).collect();
+    assert!(slow.is_empty(), "calls during the outage took 2 s or more: {slow:?}");
+    let wrong: Vec<&&Call> =
+        during.iter().filter(|c| c.code != Code::Unavailable && c.started + c.took < start_begun).collect();
+    assert!(wrong.is_empty(), "calls during the outage answered other than UNAVAILABLE: {wrong:?}");
+    // Nothing else than OK or UNAVAILABLE at any time (no INTERNAL for a lost connection).
+    let odd: Vec<&Call> = calls.iter().filter(|c| !matches!(c.code, Code::Ok | Code::Unavailable)).collect();
+    assert!(odd.is_empty(), "{} calls ended neither OK nor UNAVAILABLE: {:?}", odd.len(), &odd[..odd.len().min(10)]);
+
+    // No accepted write is lost: every event and consent entry answered OK is stored.
+    let events = column(&url, "SELECT message_id FROM profile.events").await;
+    let entries = column(&url, "SELECT entry_id FROM consent.consent_entries").await;
+    let mut lost = Vec::new();
+    let mut accepted = 0;
+    for c in calls.iter().filter(|c| c.code == Code::Ok) {
+        let Some(w) = &c.wrote else { continue };
+        accepted += 1;
+        let stored = if c.op == "track" { events.contains(w) } else { entries.contains(w) };
+        if !stored {
+            lost.push((c.op, w.clone()));
+        }
+    }
+    eprintln!("postgres_outage: {accepted} accepted writes, {} lost", lost.len());
+    assert!(accepted > 100, "too few accepted writes: {accepted}");
+    assert!(lost.is_empty(), "accepted writes lost: {lost:?}");
+    let mut server = server;
+    let (status, _) = server.terminate();
+    assert!(status.success(), "{}", server.output());
+}
