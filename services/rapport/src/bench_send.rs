@@ -35,16 +35,9 @@ pub struct SendSpec {
 }
 
 async fn sink_stats(url: &str) -> anyhow::Result<serde_json::Value> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| anyhow::anyhow!("--sink must be an http:// URL"))?;
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(authority).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n\r\n").as_bytes()).await?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
-    let text = String::from_utf8_lossy(&buf);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
-    Ok(serde_json::from_str(body)?)
+    anyhow::ensure!(url.starts_with("http://"), "--sink must be an http:// URL");
+    let (_, body) = crate::http_client::get(url).await?;
+    Ok(serde_json::from_str(&body)?)
 }
 
 fn bench_email(i: u64) -> String {

@@ -7,6 +7,7 @@ pub mod bench_send;
 pub mod demo;
 pub mod diagnostics;
 pub mod http_api;
+pub mod http_client;
 pub mod server;
 pub mod services;
 
