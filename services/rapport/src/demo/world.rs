@@ -81,6 +81,21 @@ pub struct ConsentAct {
     pub days_ago: f64,
 }
 
+impl ConsentAct {
+    /// The email opt-in ticked on the web shop's sign-up form.
+    fn web_sign_up(person: usize, days_ago: f64) -> Self {
+        ConsentAct {
+            person,
+            channel: "email",
+            granted: true,
+            method: "web_form",
+            source: "webshop",
+            actor: String::new(),
+            days_ago,
+        }
+    }
+}
+
 /// Something a person did: an event name, how many days ago, and its properties.
 #[derive(Debug, Clone)]
 pub struct Act {
@@ -91,12 +106,29 @@ pub struct Act {
     pub properties: serde_json::Value,
 }
 
+/// A cart someone fills today: the abandoned-cart trigger's case, unless they buy it after all.
+#[derive(Debug, Clone)]
+pub struct OpenCart {
+    pub person: usize,
+    /// The `cart_updated` properties.
+    pub cart: serde_json::Value,
+    /// Orders the cart half a second later, so the trigger's re-check finds the order and sends nothing.
+    pub buys_anyway: bool,
+}
+
 /// The whole world.
 #[derive(Debug)]
 pub struct World {
     pub people: Vec<Person>,
+    /// Permissions given and withdrawn before today.
     pub consents: Vec<ConsentAct>,
+    /// What people did before today.
     pub acts: Vec<Act>,
+    /// The last order of each lapsed high-value customer, placed just under 60 days before today (their
+    /// earlier orders are in `acts`): the lapsed trigger's wait ends during the demo.
+    pub lapsed_last_orders: Vec<(usize, serde_json::Value)>,
+    /// The carts filled today.
+    pub open_carts: Vec<OpenCart>,
 }
 
 fn pick<'a, T>(rng: &mut StdRng, items: &'a [T]) -> &'a T {
@@ -121,7 +153,13 @@ impl World {
     /// The world of `seed` with `people` people.
     pub fn generate(seed: u64, people: usize) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
-        let mut world = World { people: Vec::new(), consents: Vec::new(), acts: Vec::new() };
+        let mut world = World {
+            people: Vec::new(),
+            consents: Vec::new(),
+            acts: Vec::new(),
+            lapsed_last_orders: Vec::new(),
+            open_carts: Vec::new(),
+        };
         for index in 0..people {
             let first = *pick(&mut rng, FIRST);
             let last = *pick(&mut rng, LAST);
@@ -166,20 +204,12 @@ impl World {
     }
 
     fn consents_of(&mut self, rng: &mut StdRng, p: &Person) {
-        let signup_days =
-            if p.persona == Persona::Newcomer { rng.random_range(0.001..0.01) } else { rng.random_range(100.0..300.0) };
-        if p.in_shop && rng.random_bool(0.85) {
-            self.consents.push(ConsentAct {
-                person: p.index,
-                channel: "email",
-                granted: true,
-                method: "web_form",
-                source: "webshop",
-                actor: String::new(),
-                days_ago: signup_days,
-            });
+        let signup_days = rng.random_range(100.0..300.0);
+        // Newcomers opt in today (see `newcomer_opt_ins`).
+        if p.in_shop && p.persona != Persona::Newcomer && rng.random_bool(0.85) {
+            self.consents.push(ConsentAct::web_sign_up(p.index, signup_days));
             // Some withdraw later, through the unsubscribe link of an earlier newsletter.
-            if p.persona != Persona::Newcomer && rng.random_bool(0.1) {
+            if rng.random_bool(0.1) {
                 self.consents.push(ConsentAct {
                     person: p.index,
                     channel: "email",
@@ -247,6 +277,8 @@ impl World {
                     let o = order(rng, p.favourite, true);
                     act("order_completed", rng.random_range(65.0..240.0), "webshop", o);
                 }
+                let last = order(rng, p.favourite, true);
+                self.lapsed_last_orders.push((p.index, last));
             }
             Persona::CartAbandoner => {
                 if rng.random_bool(0.5) {
@@ -255,11 +287,20 @@ impl World {
                 }
                 let o = order(rng, p.favourite, false);
                 let cart = serde_json::json!({"items": o["items"], "currency": "EUR"});
-                // Minutes ago: the trigger waits, re-checks that no order followed, and fires.
-                act("cart_updated", rng.random_range(0.0005..0.002), "webshop", cart);
+                let buys_anyway = rng.random_bool(0.2);
+                self.open_carts.push(OpenCart { person: p.index, cart, buys_anyway });
             }
             Persona::Browser | Persona::Newcomer => {}
         }
+    }
+
+    /// The email opt-ins of today's newcomers (web sign-up form), which start the welcome campaign.
+    pub fn newcomer_opt_ins(&self) -> Vec<ConsentAct> {
+        self.people
+            .iter()
+            .filter(|p| p.persona == Persona::Newcomer)
+            .map(|p| ConsentAct::web_sign_up(p.index, 0.0))
+            .collect()
     }
 
     /// How many people each system knows, for the summary.
@@ -299,5 +340,13 @@ mod tests {
         assert!(w.people.iter().all(|p| p.in_crm || p.in_shop || p.in_store));
         assert!(w.acts.iter().all(|a| a.days_ago > 0.0) && w.consents.iter().all(|c| c.days_ago > 0.0));
         assert!(w.consents.iter().any(|c| !c.granted), "some permissions are withdrawn or refused");
+        // Today's triggers: every lapsed high-value customer has a last order, every cart abandoner a cart,
+        // every newcomer an opt-in (and no permission before today).
+        let count = |persona| w.people.iter().filter(|p| p.persona == persona).count();
+        assert_eq!(w.lapsed_last_orders.len(), count(Persona::LapsedHighValue));
+        assert_eq!(w.open_carts.len(), count(Persona::CartAbandoner));
+        assert!(w.open_carts.iter().any(|c| c.buys_anyway) && w.open_carts.iter().any(|c| !c.buys_anyway));
+        assert_eq!(w.newcomer_opt_ins().len(), count(Persona::Newcomer));
+        assert!(w.consents.iter().all(|c| w.people[c.person].persona != Persona::Newcomer));
     }
 }
