@@ -92,14 +92,59 @@ enum Store {
     /// In this process only: right for one process (all-in-one, tests).
     Local { entries: moka::future::Cache<String, Entry>, counters: LocalCounters, windows: limits::LocalWindows },
     /// Shared by every replica.
-    Redis { conn: ConnectionManager, timeout: Duration },
+    Redis(Redis),
+}
+
+/// How long the cache is bypassed after a Redis command failed or timed out, before a call tries it again.
+const REDIS_COOLDOWN: Duration = Duration::from_secs(1);
+
+/// A Redis connection with a deadline per command and a breaker: after a failure every command fails at
+/// once for [`REDIS_COOLDOWN`] instead of each waiting out its timeout (a call touches the cache several
+/// times; a frozen Redis would otherwise cost each of them the full timeout).
+#[derive(Clone)]
+struct Redis {
+    conn: ConnectionManager,
+    timeout: Duration,
+    open_until: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Redis {
+    /// Runs one command (or pipeline or script) on the connection, within the timeout and the breaker.
+    async fn call<T, F, Fut>(&self, command: F) -> Result<T, CacheError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        {
+            let mut open = self.open_until.lock().unwrap_or_else(|p| p.into_inner());
+            match *open {
+                Some(until) if Instant::now() < until => {
+                    return Err(CacheError::Unavailable("bypassed after a recent failure".into()));
+                }
+                Some(_) => *open = None,
+                None => {}
+            }
+        }
+        let result = match tokio::time::timeout(self.timeout, command(self.conn.clone())).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => CacheError::from(e),
+            Err(_) => CacheError::Unavailable(format!("no answer within {} ms", self.timeout.as_millis())),
+        };
+        let mut open = self.open_until.lock().unwrap_or_else(|p| p.into_inner());
+        if open.is_none() {
+            tracing::warn!(error = %result, cooldown_ms = REDIS_COOLDOWN.as_millis() as u64, "redis failed; bypassing the cache, counters fail closed");
+        }
+        *open = Some(Instant::now() + REDIS_COOLDOWN);
+        metrics::counter!("rapport_cache_redis_failures_total").increment(1);
+        Err(result)
+    }
 }
 
 impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self.0 {
             Store::Local { .. } => "Cache::Local",
-            Store::Redis { .. } => "Cache::Redis",
+            Store::Redis(_) => "Cache::Redis",
         })
     }
 }
@@ -131,31 +176,21 @@ impl Cache {
         )
         .await
         .map_err(|_| CacheError::Unavailable("timed out connecting to redis".into()))??;
-        Ok(Cache(Store::Redis { conn, timeout: settings.timeout }))
+        Ok(Cache(Store::Redis(Redis { conn, timeout: settings.timeout, open_until: Arc::default() })))
     }
 
     /// Whether the store is shared between processes.
     pub fn is_shared(&self) -> bool {
-        matches!(self.0, Store::Redis { .. })
+        matches!(self.0, Store::Redis(_))
     }
 
     /// The cached value, or `None` on a miss or when Redis fails.
     pub async fn get(&self, key: &str) -> Option<Bytes> {
         match &self.0 {
             Store::Local { entries, .. } => entries.get(key).await.map(|e| e.value),
-            Store::Redis { conn, timeout } => {
-                let mut conn = conn.clone();
-                match tokio::time::timeout(*timeout, conn.get::<_, Option<Vec<u8>>>(key)).await {
-                    Ok(Ok(v)) => v.map(Bytes::from),
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "cache read failed, bypassing");
-                        None
-                    }
-                    Err(_) => {
-                        tracing::warn!("cache read timed out, bypassing");
-                        None
-                    }
-                }
+            Store::Redis(redis) => {
+                let read = redis.call(|mut c| async move { c.get::<_, Option<Vec<u8>>>(key).await }).await;
+                read.ok().flatten().map(Bytes::from)
             }
         }
     }
@@ -164,15 +199,9 @@ impl Cache {
     pub async fn set(&self, key: &str, value: Bytes, ttl: Duration) {
         match &self.0 {
             Store::Local { entries, .. } => entries.insert(key.to_string(), Entry { value, ttl }).await,
-            Store::Redis { conn, timeout } => {
-                let mut conn = conn.clone();
+            Store::Redis(redis) => {
                 let ms = ttl.as_millis().max(1) as u64;
-                let write = conn.pset_ex::<_, _, ()>(key, value.as_ref(), ms);
-                match tokio::time::timeout(*timeout, write).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::warn!(error = %e, "cache write failed"),
-                    Err(_) => tracing::warn!("cache write timed out"),
-                }
+                let _ = redis.call(|mut c| async move { c.pset_ex::<_, _, ()>(key, value.as_ref(), ms).await }).await;
             }
         }
     }
@@ -184,13 +213,7 @@ impl Cache {
                 entries.invalidate(key).await;
                 Ok(())
             }
-            Store::Redis { conn, timeout } => {
-                let mut conn = conn.clone();
-                tokio::time::timeout(*timeout, conn.del::<_, ()>(key))
-                    .await
-                    .map_err(|_| CacheError::Unavailable("timed out".into()))??;
-                Ok(())
-            }
+            Store::Redis(redis) => redis.call(|mut c| async move { c.del::<_, ()>(key).await }).await,
         }
     }
 
@@ -199,15 +222,12 @@ impl Cache {
     pub async fn incr_window(&self, key: &str, by: i64, window: Duration) -> Result<i64, CacheError> {
         match &self.0 {
             Store::Local { counters, .. } => Ok(counters.incr(key, by, window)),
-            Store::Redis { conn, timeout } => {
-                let mut conn = conn.clone();
+            Store::Redis(redis) => {
                 // INCRBY and PEXPIRE NX in one transaction: the window starts at the first increment.
                 let ms = window.as_millis().max(1) as u64;
                 let mut pipe = redis::pipe();
                 pipe.atomic().incr(key, by).cmd("PEXPIRE").arg(key).arg(ms).arg("NX").ignore();
-                let (total,): (i64,) = tokio::time::timeout(*timeout, pipe.query_async(&mut conn))
-                    .await
-                    .map_err(|_| CacheError::Unavailable("timed out".into()))??;
+                let (total,): (i64,) = redis.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
                 Ok(total)
             }
         }
@@ -217,11 +237,8 @@ impl Cache {
     pub async fn counter(&self, key: &str) -> Result<i64, CacheError> {
         match &self.0 {
             Store::Local { counters, .. } => Ok(counters.get(key)),
-            Store::Redis { conn, timeout } => {
-                let mut conn = conn.clone();
-                let v: Option<i64> = tokio::time::timeout(*timeout, conn.get(key))
-                    .await
-                    .map_err(|_| CacheError::Unavailable("timed out".into()))??;
+            Store::Redis(redis) => {
+                let v: Option<i64> = redis.call(|mut c| async move { c.get(key).await }).await?;
                 Ok(v.unwrap_or(0))
             }
         }
@@ -259,14 +276,11 @@ impl Cache {
     pub async fn set_if_absent(&self, key: &str, ttl: Duration) -> Result<bool, CacheError> {
         match &self.0 {
             Store::Local { counters, .. } => Ok(counters.incr(key, 1, ttl) == 1),
-            Store::Redis { conn, timeout } => {
-                let mut conn = conn.clone();
+            Store::Redis(redis) => {
                 let ms = ttl.as_millis().max(1) as u64;
                 let mut cmd = redis::cmd("SET");
                 cmd.arg(key).arg(1).arg("NX").arg("PX").arg(ms);
-                let set: Option<String> = tokio::time::timeout(*timeout, cmd.query_async(&mut conn))
-                    .await
-                    .map_err(|_| CacheError::Unavailable("timed out".into()))??;
+                let set: Option<String> = redis.call(|mut c| async move { cmd.query_async(&mut c).await }).await?;
                 Ok(set.is_some())
             }
         }

@@ -132,17 +132,13 @@ impl Cache {
         }
         match &self.0 {
             Store::Local { windows, .. } => Ok(windows.counts(limits, now_ms)),
-            Store::Redis { conn, timeout } => {
-                let mut conn = conn.clone();
+            Store::Redis(redis) => {
                 let mut invocation = COUNTS.prepare_invoke();
                 invocation.arg(now_ms);
                 for l in limits {
                     invocation.key(&l.key).arg(l.window.as_millis() as i64);
                 }
-                let counts: Vec<i64> = tokio::time::timeout(*timeout, invocation.invoke_async(&mut conn))
-                    .await
-                    .map_err(|_| CacheError::Unavailable("timed out".into()))??;
-                Ok(counts)
+                redis.call(|mut c| async move { invocation.invoke_async(&mut c).await }).await
             }
         }
     }
@@ -155,16 +151,13 @@ impl Cache {
         }
         match &self.0 {
             Store::Local { windows, .. } => Ok(windows.admit(limits, now_ms)),
-            Store::Redis { conn, timeout } => {
-                let mut conn = conn.clone();
+            Store::Redis(redis) => {
                 let mut invocation = ADMIT.prepare_invoke();
                 invocation.arg(now_ms).arg(member);
                 for l in limits {
                     invocation.key(&l.key).arg(l.max).arg(l.window.as_millis() as i64);
                 }
-                let full: i64 = tokio::time::timeout(*timeout, invocation.invoke_async(&mut conn))
-                    .await
-                    .map_err(|_| CacheError::Unavailable("timed out".into()))??;
+                let full: i64 = redis.call(|mut c| async move { invocation.invoke_async(&mut c).await }).await?;
                 Ok(if full == 0 { Admission::Admitted } else { Admission::Full((full - 1) as usize) })
             }
         }
@@ -177,7 +170,7 @@ impl Cache {
                 windows.clear(key);
                 Ok(())
             }
-            Store::Redis { .. } => self.invalidate(key).await,
+            Store::Redis(_) => self.invalidate(key).await,
         }
     }
 }

@@ -21,10 +21,11 @@ use std::time::{Duration, Instant};
 
 use rapport_proto::common::v1::{self as common, Channel, Identifier, IdentifierType};
 use rapport_proto::consent::v1::{self as consent, consent_service_client::ConsentServiceClient};
+use rapport_proto::decision::v1::{self as decision, decision_service_client::DecisionServiceClient};
 use rapport_proto::profile::v1::{self as profile, profile_service_client::ProfileServiceClient};
 use rapport_rpc::convert::{json_to_struct, timestamp};
 use rapport_storage::now_millis;
-use support::{Postgres, Rapport};
+use support::{Postgres, Rapport, Redis};
 use tonic::Code;
 use tonic::transport::Channel as GrpcChannel;
 
@@ -323,6 +324,271 @@ async fn postgres_outage_fails_fast_resumes_by_itself_and_loses_no_accepted_writ
     eprintln!("postgres_outage: {accepted} accepted writes, {} lost", lost.len());
     assert!(accepted > 100, "too few accepted writes: {accepted}");
     assert!(lost.is_empty(), "accepted writes lost: {lost:?}");
+    let mut server = server;
+    let (status, _) = server.terminate();
+    assert!(status.success(), "{}", server.output());
+}
+
+fn by_id(id: &str) -> Option<common::CustomerRef> {
+    Some(common::CustomerRef { r#ref: Some(common::customer_ref::Ref::CustomerId(id.into())) })
+}
+
+/// A customer with a `tier` trait and, if `granted`, email marketing consent; their customer id.
+async fn customer(channel: &GrpcChannel, token: &str, address: &str, granted: bool) -> String {
+    let id = ProfileServiceClient::new(channel.clone())
+        .identify(req(
+            profile::IdentifyRequest {
+                identifiers: vec![email(address)],
+                traits: Some(json_to_struct(serde_json::json!({"tier": "gold", "language": "en"}))),
+                source: "crm".into(),
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .customer_id;
+    if granted {
+        set_consent(channel, token, &id, true).await;
+    }
+    id
+}
+
+async fn set_consent(channel: &GrpcChannel, token: &str, customer_id: &str, granted: bool) {
+    let mut e = entry(0, granted, String::new());
+    e.contact_point = None;
+    e.customer = by_id(customer_id);
+    ConsentServiceClient::new(channel.clone())
+        .record(req(consent::RecordRequest { entries: vec![e] }, token))
+        .await
+        .unwrap();
+}
+
+async fn tier(channel: &GrpcChannel, token: &str, customer_id: &str) -> Result<String, tonic::Status> {
+    let p = ProfileServiceClient::new(channel.clone())
+        .get_profile(req(profile::GetProfileRequest { customer: by_id(customer_id), ..Default::default() }, token))
+        .await?
+        .into_inner();
+    let traits = rapport_rpc::convert::struct_to_json(&p.traits.unwrap_or_default());
+    Ok(traits.get("tier").and_then(|v| v.as_str()).unwrap_or_default().to_string())
+}
+
+async fn set_tier(channel: &GrpcChannel, token: &str, customer_id: &str, tier: &str) {
+    ProfileServiceClient::new(channel.clone())
+        .identify(req(
+            profile::IdentifyRequest {
+                customer_id: customer_id.into(),
+                traits: Some(json_to_struct(serde_json::json!({ "tier": tier }))),
+                source: "crm".into(),
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .unwrap();
+}
+
+async fn allowed(channel: &GrpcChannel, token: &str, customer_id: &str) -> Result<bool, tonic::Status> {
+    Ok(ConsentServiceClient::new(channel.clone())
+        .check(req(
+            consent::CheckRequest {
+                customer: by_id(customer_id),
+                channel: Channel::Email as i32,
+                purpose: Some(common::Purpose { name: "marketing".into() }),
+                region: "DE".into(),
+                ..Default::default()
+            },
+            token,
+        ))
+        .await?
+        .into_inner()
+        .allowed)
+}
+
+/// The offers Decide chose for `customer_id` and why each other one was left out.
+async fn decide(
+    channel: &GrpcChannel,
+    token: &str,
+    customer_id: &str,
+) -> Result<(Vec<String>, BTreeMap<String, (decision::ExclusionReason, String)>), tonic::Status> {
+    let r = DecisionServiceClient::new(channel.clone())
+        .decide(req(
+            decision::DecideRequest {
+                customer: by_id(customer_id),
+                placement: decision::PlacementKind::Email as i32,
+                limit: 2,
+                ..Default::default()
+            },
+            token,
+        ))
+        .await?
+        .into_inner();
+    let excluded = r
+        .excluded
+        .into_iter()
+        .map(|e| {
+            let reason =
+                decision::ExclusionReason::try_from(e.reason).unwrap_or(decision::ExclusionReason::Unspecified);
+            (e.offer_id, (reason, e.detail))
+        })
+        .collect();
+    Ok((r.offers.into_iter().map(|o| o.offer_id).collect(), excluded))
+}
+
+/// A marketing and a service email offer and a contact policy of 100 marketing emails a day; their ids.
+async fn offers(channel: &GrpcChannel, token: &str) -> (String, String) {
+    let mut d = DecisionServiceClient::new(channel.clone());
+    let offer = |name: &str, class: common::MessageClass| decision::Offer {
+        name: name.into(),
+        content: vec![decision::ChannelContent {
+            channel: Channel::Email as i32,
+            template_id: format!("tpl_{name}"),
+            variables: None,
+        }],
+        placements: vec![decision::PlacementKind::Email as i32],
+        message_class: class as i32,
+        ..Default::default()
+    };
+    let mut ids = Vec::new();
+    for (name, class) in [("news", common::MessageClass::Marketing), ("receipt", common::MessageClass::Service)] {
+        let o = d
+            .create_offer(req(decision::CreateOfferRequest { offer: Some(offer(name, class)) }, token))
+            .await
+            .unwrap()
+            .into_inner();
+        ids.push(o.offer_id);
+    }
+    d.put_contact_policy(req(
+        decision::PutContactPolicyRequest {
+            policy: Some(decision::ContactPolicy {
+                channel: Channel::Email as i32,
+                max: 100,
+                window_seconds: 86_400,
+                ..Default::default()
+            }),
+        },
+        token,
+    ))
+    .await
+    .unwrap();
+    (ids[0].clone(), ids[1].clone())
+}
+
+/// Times `f`; panics when it takes `bound` or more.
+async fn within<T, Fut: std::future::Future<Output = T>>(what: &str, bound: Duration, f: Fut) -> (T, Duration) {
+    let at = Instant::now();
+    let out = f.await;
+    let took = at.elapsed();
+    assert!(took < bound, "{what} took {took:?}");
+    (out, took)
+}
+
+/// What the Redis scenario checks while Redis cannot be used: profile reads answer with the latest write
+/// (the cache is bypassed, not served stale), consent answers from the ledger (a withdrawal made during the
+/// outage holds), and Decide leaves marketing out for its contact policy (fails closed) while the service
+/// offer still goes. The longest call.
+async fn while_redis_is_down(
+    channel: &GrpcChannel,
+    token: &str,
+    (ann, bob, cyd): (&str, &str, &str),
+    (news, receipt): (&str, &str),
+    tier_now: &str,
+) -> Duration {
+    let bound = Duration::from_secs(2);
+    let mut longest = Duration::ZERO;
+    let (_, t) = within("Identify", bound, set_tier(channel, token, ann, tier_now)).await;
+    longest = longest.max(t);
+    let (got, t) = within("GetProfile", bound, tier(channel, token, ann)).await;
+    assert_eq!(got.unwrap(), tier_now, "a profile read during the outage is not the latest write");
+    longest = longest.max(t);
+    let (_, t) = within("Consent.Record", bound, set_consent(channel, token, cyd, false)).await;
+    longest = longest.max(t);
+    for (who, expected) in [(ann, true), (bob, false), (cyd, false)] {
+        let (got, t) = within("Consent.Check", bound, allowed(channel, token, who)).await;
+        assert_eq!(got.unwrap(), expected, "consent of {who} during the outage");
+        longest = longest.max(t);
+    }
+    for who in [ann, bob, cyd] {
+        let (got, t) = within("Decide", bound, decide(channel, token, who)).await;
+        let (chosen, excluded) = got.unwrap();
+        longest = longest.max(t);
+        assert!(
+            !chosen.iter().any(|o| o == news),
+            "marketing offered to {who} while its contact policy cannot be counted"
+        );
+        let (reason, detail) = excluded.get(news).cloned().expect("the marketing offer is explained");
+        if who == ann {
+            assert_eq!(reason, decision::ExclusionReason::ContactPolicy, "{detail}");
+            assert!(chosen.iter().any(|o| o == receipt), "the service offer is still made: {excluded:?}");
+        } else {
+            assert!(
+                matches!(reason, decision::ExclusionReason::NoConsent | decision::ExclusionReason::ContactPolicy),
+                "{who}: {reason:?} {detail}"
+            );
+        }
+    }
+    longest
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_bypasses_caches_fails_closed_for_marketing_and_never_bypasses_consent() {
+    if !enabled("redis_outage") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = redis.url();
+    let server = Rapport::start(dir.path(), &[("RAPPORT__CACHE__URL", url.as_str())], &[]);
+    let token = server.admin_token();
+    let channel = server.channel().await;
+    let (news, receipt) = offers(&channel, &token).await;
+    let ann = customer(&channel, &token, "ann@example.com", true).await;
+    let bob = customer(&channel, &token, "bob@example.com", false).await;
+    let cyd = customer(&channel, &token, "cyd@example.com", true).await;
+    let people = (ann.as_str(), bob.as_str(), cyd.as_str());
+    let offer_ids = (news.as_str(), receipt.as_str());
+
+    // Redis up: profiles come from the cache, marketing is offered to Ann within the policy.
+    assert_eq!(tier(&channel, &token, &ann).await.unwrap(), "gold");
+    assert_eq!(tier(&channel, &token, &ann).await.unwrap(), "gold");
+    assert!(allowed(&channel, &token, &cyd).await.unwrap());
+    let (chosen, _) = decide(&channel, &token, &ann).await.unwrap();
+    assert!(chosen.contains(&news), "{chosen:?}");
+
+    // Redis frozen (SIGSTOP: connections stay open, nothing answers), then thawed with its data.
+    redis.signal("-STOP");
+    let frozen = while_redis_is_down(&channel, &token, people, offer_ids, "silver").await;
+    redis.signal("-CONT");
+    // The write made while Redis was frozen is what every read sees afterwards.
+    for _ in 0..3 {
+        assert_eq!(tier(&channel, &token, &ann).await.unwrap(), "silver", "a stale profile from before the outage");
+    }
+    assert!(!allowed(&channel, &token, &cyd).await.unwrap());
+    set_consent(&channel, &token, &cyd, true).await;
+
+    // Redis stopped (killed, connections refused), then started again empty.
+    redis.stop();
+    let stopped = while_redis_is_down(&channel, &token, people, offer_ids, "platinum").await;
+    redis.start_again();
+    let back = Instant::now();
+    loop {
+        let (chosen, excluded) = decide(&channel, &token, &ann).await.unwrap();
+        if chosen.contains(&news) {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(15),
+            "marketing not offered 15 s after Redis came back: {excluded:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let recovered = back.elapsed();
+    assert_eq!(tier(&channel, &token, &ann).await.unwrap(), "platinum");
+    eprintln!(
+        "redis_outage: longest call with Redis frozen {frozen:?}, with Redis stopped {stopped:?}; marketing offered again {recovered:?} after Redis restarted"
+    );
     let mut server = server;
     let (status, _) = server.terminate();
     assert!(status.success(), "{}", server.output());

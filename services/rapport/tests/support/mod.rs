@@ -264,6 +264,11 @@ impl Redis {
         wait_for_port(self.port, Duration::from_secs(20), "redis-server");
     }
 
+    /// Sends `sig` (`-STOP`, `-CONT`) to the server.
+    pub fn signal(&self, sig: &str) {
+        signal(self.child.as_ref().expect("running").id(), sig);
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
