@@ -593,3 +593,312 @@ async fn redis_outage_bypasses_caches_fails_closed_for_marketing_and_never_bypas
     let (status, _) = server.terminate();
     assert!(status.success(), "{}", server.output());
 }
+
+/// One integer from `sql` in the database at `url`.
+async fn number(url: &str, sql: &str) -> i64 {
+    use rapport_storage::sqlx::{self, Connection};
+    let mut conn = sqlx::PgConnection::connect(url).await.expect("the test's postgres answers");
+    let v: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string())).fetch_one(&mut conn).await.unwrap();
+    v.unwrap_or(0)
+}
+
+/// Rows of (text, integer) from `sql` in the database at `url`.
+async fn pairs(url: &str, sql: &str) -> Vec<(String, i64)> {
+    use rapport_storage::sqlx::{self, Connection};
+    let mut conn = sqlx::PgConnection::connect(url).await.expect("the test's postgres answers");
+    sqlx::query_as(sqlx::AssertSqlSafe(sql.to_string())).fetch_all(&mut conn).await.unwrap()
+}
+
+/// The welcome-after-opt-in example campaign, running, with a wait of `wait_seconds`, and its template.
+async fn welcome_campaign(channel: &GrpcChannel, token: &str, wait_seconds: i64) -> String {
+    use rapport_decision::campaigns::definition::{CampaignFile, EXAMPLES};
+    use rapport_proto::delivery::v1::{self as delivery, delivery_service_client::DeliveryServiceClient};
+    DeliveryServiceClient::new(channel.clone())
+        .put_template(req(
+            delivery::PutTemplateRequest {
+                template: Some(delivery::Template {
+                    template_id: "tpl_welcome".into(),
+                    channel: Channel::Email as i32,
+                    locales: vec![delivery::LocalizedContent {
+                        locale: "en".into(),
+                        subject: "Welcome".into(),
+                        text: "Welcome to the club".into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+            },
+            token,
+        ))
+        .await
+        .unwrap();
+    let text = EXAMPLES.iter().find(|(n, _)| *n == "welcome_after_opt_in.toml").unwrap().1;
+    let parsed = CampaignFile::parse(text).unwrap();
+    let mut d = DecisionServiceClient::new(channel.clone());
+    let mut offer_ids = Vec::new();
+    for o in parsed.offers().unwrap() {
+        let o = d.create_offer(req(decision::CreateOfferRequest { offer: Some(o) }, token)).await.unwrap();
+        offer_ids.push(o.into_inner().offer_id);
+    }
+    let mut c = parsed.campaign(offer_ids).unwrap();
+    c.wait_seconds = wait_seconds;
+    c.holdout_share = 0.0;
+    c.state = decision::CampaignState::Running as i32;
+    d.create_campaign(req(decision::CreateCampaignRequest { campaign: Some(c) }, token))
+        .await
+        .unwrap()
+        .into_inner()
+        .campaign_id
+}
+
+/// What a newcomer got accepted: the customer id, whether the grant was, the order's message id.
+type Accepted = (Option<String>, bool, Option<String>);
+
+/// A new customer (Identify), their email marketing grant, a decision and an order attributed to it; each
+/// step only after the one before it was answered OK. What was accepted: the customer id, whether the
+/// grant was, the order's message id.
+async fn newcomer(
+    load: &Load,
+    channel: &GrpcChannel,
+    token: &str,
+    name: &str,
+) -> (Option<String>, bool, Option<String>) {
+    let mut customer_id = None;
+    let identify = load
+        .call("identify", || async {
+            let r = ProfileServiceClient::new(channel.clone())
+                .identify(req(
+                    profile::IdentifyRequest {
+                        identifiers: vec![email(&format!("{name}@example.com"))],
+                        traits: Some(json_to_struct(serde_json::json!({"language": "en"}))),
+                        source: "crm".into(),
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await?;
+            customer_id = Some(r.into_inner().customer_id);
+            Ok(None)
+        })
+        .await;
+    let Some(id) = customer_id.filter(|_| identify == Code::Ok) else { return (None, false, None) };
+    let granted = load
+        .call("grant", || async {
+            let mut e = entry(0, true, format!("grant-{name}"));
+            e.contact_point = None;
+            e.customer = by_id(&id);
+            ConsentServiceClient::new(channel.clone())
+                .record(req(consent::RecordRequest { entries: vec![e] }, token))
+                .await?;
+            Ok(None)
+        })
+        .await
+        == Code::Ok;
+    // A decision for the order to be attributed to (decision turns it into a conversion from profile's feed).
+    let mut decided = None;
+    load.call("decide", || async {
+        let r = DecisionServiceClient::new(channel.clone())
+            .decide(req(
+                decision::DecideRequest {
+                    customer: by_id(&id),
+                    placement: decision::PlacementKind::Email as i32,
+                    limit: 1,
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await?
+            .into_inner();
+        decided = Some(r.decision_id);
+        Ok(None)
+    })
+    .await;
+    let Some(decision_id) = decided else { return (Some(id), granted, None) };
+    let mut order = None;
+    let tracked = load
+        .call("order", || async {
+            let message_id = format!("order-{name}");
+            let r = ProfileServiceClient::new(channel.clone())
+                .track(req(
+                    profile::TrackRequest {
+                        events: vec![profile::Event {
+                            message_id: message_id.clone(),
+                            name: "order_completed".into(),
+                            occurred_at: Some(timestamp(now_millis())),
+                            customer_id: id.clone(),
+                            properties: Some(json_to_struct(
+                                serde_json::json!({"revenue_minor": 2500, "currency": "EUR"}),
+                            )),
+                            context: Some(profile::EventContext {
+                                source: "webshop".into(),
+                                decision_id: decision_id.clone(),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }],
+                    },
+                    token,
+                ))
+                .await?
+                .into_inner();
+            if r.results.is_empty() {
+                return Err(tonic::Status::internal(format!("not stored: {:?}", r.rejected)));
+            }
+            order = Some(message_id);
+            Ok(None)
+        })
+        .await;
+    (Some(id), granted, order.filter(|_| tracked == Code::Ok))
+}
+
+const CRASH_CONFIG: &str = "[decision]\ntimer_poll_ms = 100\ntimer_lease_seconds = 3\n\
+    [delivery]\nquiet_hours_start = \"00:00\"\nquiet_hours_end = \"00:00\"\npoll_interval_ms = 50\nlease_seconds = 3\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_resumes_feeds_from_their_cursors_and_fires_timers_once() {
+    if !enabled("sigkill") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    let pg = Postgres::start();
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("rapport.toml");
+    std::fs::write(&config, CRASH_CONFIG).unwrap();
+    let (url, cache) = (pg.url(), redis.url());
+    let config_arg = config.display().to_string();
+    let mut server = Rapport::start(
+        dir.path(),
+        &[("RAPPORT__STORAGE__URL", url.as_str()), ("RAPPORT__CACHE__URL", cache.as_str())],
+        &["--config", &config_arg],
+    );
+    let token = server.admin_token();
+    let channel = server.channel().await;
+    let welcome = welcome_campaign(&channel, &token, 2).await;
+
+    // Newcomers (identify, grant, order) from four clients until stopped; the process is killed after 4 s
+    // and started again a second later.
+    let load = Load::new();
+    let accepted: Arc<Mutex<Vec<Accepted>>> = Arc::default();
+    let mut clients = Vec::new();
+    for t in 0..4 {
+        let (load, channel, token, accepted) = (load.clone(), channel.clone(), token.clone(), accepted.clone());
+        clients.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !load.stop.is_cancelled() {
+                let got = newcomer(&load, &channel, &token, &format!("crash-{t}-{i}")).await;
+                let failed = got.0.is_none();
+                accepted.lock().unwrap().push(got);
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(if failed { 100 } else { 10 })).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    server.kill();
+    let killed_at = load.now();
+    let pending_at_kill = number(
+        &url,
+        &format!("SELECT COUNT(*) FROM decision.campaign_timers WHERE campaign_id = '{welcome}' AND state = 'pending'"),
+    )
+    .await;
+    let behind_at_kill = number(
+        &url,
+        "SELECT (SELECT COALESCE(MAX(sequence), 0) FROM profile.outbox WHERE topic = 'profile.events_appended') \
+         - (SELECT COALESCE(MAX(position), 0) FROM decision.consumer_cursors WHERE consumer = 'decision.profile')",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.restart();
+    let restarted_at = load.now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    load.stop.cancel();
+    for c in clients {
+        c.await.unwrap();
+    }
+    let accepted = accepted.lock().unwrap().clone();
+    let granted: Vec<&String> = accepted.iter().filter(|a| a.1).filter_map(|a| a.0.as_ref()).collect();
+    let orders: Vec<&String> = accepted.iter().filter_map(|a| a.2.as_ref()).collect();
+    assert!(
+        granted.len() >= 20 && orders.len() >= 20,
+        "too little load: {} grants, {} orders",
+        granted.len(),
+        orders.len()
+    );
+    assert!(pending_at_kill > 0, "no timer was pending when the process was killed: the kill came too late");
+
+    // Settled: every timer fired, and decision's cursor over profile's feed reached its end.
+    let settle = Instant::now();
+    loop {
+        let pending = number(
+            &url,
+            &format!(
+                "SELECT COUNT(*) FROM decision.campaign_timers WHERE campaign_id = '{welcome}' AND state = 'pending'"
+            ),
+        )
+        .await;
+        let behind = number(
+            &url,
+            "SELECT (SELECT COALESCE(MAX(sequence), 0) FROM profile.outbox WHERE topic = 'profile.events_appended') \
+             - (SELECT COALESCE(MAX(position), 0) FROM decision.consumer_cursors WHERE consumer = 'decision.profile')",
+        )
+        .await;
+        let unsent = number(&url, "SELECT COUNT(*) FROM delivery.delivery_messages WHERE status IN (1, 2)").await;
+        if pending == 0 && behind == 0 && unsent == 0 {
+            break;
+        }
+        assert!(
+            settle.elapsed() < Duration::from_secs(40),
+            "not settled 40 s after the load: {pending} timers pending, cursor {behind} behind, {unsent} messages unsent: {}",
+            server.output()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let settled_in = settle.elapsed();
+    let failed = pairs(&url, "SELECT message_id, status FROM delivery.delivery_messages WHERE status >= 8").await;
+    assert!(failed.is_empty(), "messages failed, blocked or cancelled: {failed:?}");
+
+    // Feeds: each accepted order became exactly one conversion in decision (nothing lost; the cursor
+    // commits with the effect, so nothing is applied twice).
+    let conversions = column(&url, "SELECT outcome_id FROM decision.outcomes WHERE outcome_id LIKE 'order:%'").await;
+    let lost: Vec<&&String> = orders.iter().filter(|o| !conversions.contains(&format!("order:{o}"))).collect();
+    assert!(lost.is_empty(), "accepted orders without their conversion in decision: {lost:?}");
+    let events = column(&url, "SELECT message_id FROM profile.events").await;
+    assert!(orders.iter().all(|o| events.contains(*o)), "an accepted order is missing from the timeline");
+
+    // Timers: every accepted grant fired its welcome once: one timer, one decision, one message.
+    let timers = pairs(
+        &url,
+        &format!("SELECT customer_id, COUNT(*) FROM decision.campaign_timers WHERE campaign_id = '{welcome}' GROUP BY customer_id"),
+    )
+    .await;
+    let decisions = pairs(
+        &url,
+        &format!(
+            "SELECT customer_id, COUNT(*) FROM decision.decisions WHERE campaign_id = '{welcome}' GROUP BY customer_id"
+        ),
+    )
+    .await;
+    let messages = pairs(
+        &url,
+        &format!("SELECT customer_id, COUNT(*) FROM delivery.delivery_messages WHERE campaign_id = '{welcome}' GROUP BY customer_id"),
+    )
+    .await;
+    for (what, rows) in [("timers", &timers), ("decisions", &decisions), ("messages", &messages)] {
+        let by: BTreeMap<&str, i64> = rows.iter().map(|(c, n)| (c.as_str(), *n)).collect();
+        let twice: Vec<_> = by.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "welcome {what} more than once: {twice:?}");
+        let missing: Vec<&&String> = granted.iter().filter(|g| !by.contains_key(g.as_str())).collect();
+        assert!(missing.is_empty(), "accepted grants without their welcome {what}: {missing:?}");
+    }
+    let files = std::fs::read_dir(dir.path().join("outbox").join("email")).map(|d| d.count()).unwrap_or(0);
+    eprintln!(
+        "sigkill: killed at {killed_at:?} with {pending_at_kill} welcome timers pending and decision's cursor {behind_at_kill} records behind profile's feed; restarted at {restarted_at:?}; {} grants and {} orders accepted, {} calls refused while down; settled {settled_in:?} after the load; {} welcome messages ({files} files), each once",
+        granted.len(),
+        orders.len(),
+        load.calls().iter().filter(|c| c.code != Code::Ok).count(),
+        messages.len(),
+    );
+    let (status, _) = server.terminate();
+    assert!(status.success(), "{}", server.output());
+}
