@@ -35,6 +35,16 @@ enum Command {
     Consent(ConsentArgs),
     /// Import a CSV file of customers or events through a column mapping.
     Import(ImportCommandArgs),
+    /// Define offers from a file (TOML or JSON) and list the catalogue.
+    #[command(long_about = OFFER_HELP)]
+    Offer(OfferArgs),
+    /// Define campaigns (with their offers) from a file and list them.
+    #[command(long_about = CAMPAIGN_HELP)]
+    Campaign(CampaignArgs),
+    /// Send a test message: a template to a customer through delivery (consent is checked as for any send).
+    Send(SendCommandArgs),
+    /// The KPIs of a campaign, offer or experiment: sends, opens, CTR, conversions, revenue, uplift.
+    Report(ReportCommandArgs),
     /// Mint API keys (stored hashed), hash a token, print roles and the scope of every rpc.
     Token(TokenArgs),
 }
@@ -86,6 +96,77 @@ struct ImportCommandArgs {
     #[command(flatten)]
     import: crate::ops::import::ImportArgs,
 }
+
+#[derive(Debug, Args)]
+struct OfferArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(subcommand)]
+    command: crate::ops::offer::OfferCommand,
+}
+
+#[derive(Debug, Args)]
+struct CampaignArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(subcommand)]
+    command: crate::ops::campaign::CampaignCommand,
+}
+
+#[derive(Debug, Args)]
+struct SendCommandArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(flatten)]
+    send: crate::ops::send::SendArgs,
+}
+
+#[derive(Debug, Args)]
+struct ReportCommandArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(flatten)]
+    report: crate::ops::report::ReportArgs,
+}
+
+const OFFER_HELP: &str = "Define offers from a file (TOML or JSON) and list the catalogue.
+
+An offer file (TOML; JSON with the same keys):
+
+  name = \"Winter coats -20%\"
+  placements = [\"email\", \"web_banner\"]  # email, sms, push, web_banner, call_centre_script, store_till, in_app
+  channel = \"email\"                     # what it says on a channel: channel + template_id (+ variables),
+  template_id = \"tpl_winter\"            #   or one [[content]] table per channel with the same keys
+  eligibility_rule = \"profile.computed.order_count >= 1\"   # CEL; empty: everyone
+  value_minor = 2500                    # what a conversion is worth, with currency = \"EUR\"
+  weight = 1.0                          # tags = [...], class = \"marketing\" | \"service\", purpose = \"marketing\"
+  valid_from = \"2026-12-01\"             # valid_until; [[caps]] max, per_customer, window_seconds
+  # id = \"off_...\"                      # change this offer; otherwise the active offer of the same name, or a new one
+
+The whole file is checked before anything is stored; an error names the file, the line and the field.";
+
+const CAMPAIGN_HELP: &str = "Define campaigns (with their offers) from a file and list them.
+
+A campaign file (TOML; JSON with the same keys), e.g. services/decision/examples/campaigns/*.toml:
+
+  [campaign]
+  name = \"Abandoned cart\"
+  kind = \"triggered\"                    # or \"scheduled\" with schedule (cron, UTC) and segment_id
+  trigger_events = [\"cart_updated\"]     # trigger_rule, wait_seconds, recheck_rule (CEL over event, profile)
+  placement = \"email\"                   # channel (default: the placement's)
+  holdout_share = 0.1                   # 0 to 0.5, for uplift
+  offer_ids = []                        # offers that exist already; experiment_id = \"exp_...\"
+  state = \"running\"                     # draft (default), running, paused, stopped
+  # id = \"cmp_...\"                      # change this campaign; otherwise the campaign of the same name, or a new one
+
+  [[offers]]                            # offers created or updated (by name) with it: the keys of an offer file
+  name = \"Your cart is waiting\"
+  placements = [\"email\"]
+  channel = \"email\"
+  template_id = \"tpl_abandoned_cart\"
+
+The whole file is checked (rules, schedule, every offer, that named offers and the experiment exist)
+before anything is stored; an error names the file, the line and the field.";
 
 #[derive(Debug, Args)]
 struct BenchArgs {
@@ -220,6 +301,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Import(args) => {
             let (channel, token) = connect(&args.client).await?;
             crate::ops::import::run(args.import, channel, &token).await
+        }
+        Command::Offer(args) => {
+            let (channel, token) = connect(&args.client).await?;
+            crate::ops::offer::run(args.command, channel, &token).await
+        }
+        Command::Campaign(args) => {
+            let (channel, token) = connect(&args.client).await?;
+            crate::ops::campaign::run(args.command, channel, &token).await
+        }
+        Command::Send(args) => {
+            let (channel, token) = connect(&args.client).await?;
+            crate::ops::send::run(args.send, channel, &token).await
+        }
+        Command::Report(args) => {
+            let (channel, token) = connect(&args.client).await?;
+            crate::ops::report::run(args.report, channel, &token).await
         }
         Command::Token(args) => crate::token_cli::run(args.command, &load(&args.config, None, None, None)?),
     }

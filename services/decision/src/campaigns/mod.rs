@@ -24,6 +24,70 @@ use crate::domain::hash;
 use crate::domain::offers::{self, default_channel};
 use crate::store::Store;
 
+/// Checks what a campaign definition says on its own (everything but whether its offers and its
+/// experiment exist), naming the field, and fills the default channel. Clients check a definition
+/// with it before they store anything.
+pub fn check_definition(mut c: pb::Campaign) -> Result<pb::Campaign, Error> {
+    c.name = c.name.trim().to_string();
+    if c.name.is_empty() || c.name.chars().count() > 100 {
+        return Err(Error::invalid("campaign.name", "must be 1 to 100 characters"));
+    }
+    let kind = match CampaignKind::try_from(c.kind) {
+        Ok(CampaignKind::Unspecified) => {
+            return Err(Error::invalid("campaign.kind", "is required: triggered or scheduled"));
+        }
+        Ok(k) => k,
+        Err(_) => return Err(Error::invalid("campaign.kind", format!("unknown kind {}", c.kind))),
+    };
+    match kind {
+        CampaignKind::Triggered => {
+            if c.trigger_events.is_empty() {
+                return Err(Error::invalid(
+                    "campaign.trigger_events",
+                    "a triggered campaign needs at least one event name",
+                ));
+            }
+            for (i, e) in c.trigger_events.iter().enumerate() {
+                if !is_event_name(e) {
+                    return Err(Error::invalid(
+                        &format!("campaign.trigger_events[{i}]"),
+                        "not an event name (lower-case letters, digits, _)",
+                    ));
+                }
+            }
+            compile("campaign.trigger_rule", &c.trigger_rule)?;
+            compile("campaign.recheck_rule", &c.recheck_rule)?;
+            if !(0..=366 * 86_400).contains(&c.wait_seconds) {
+                return Err(Error::invalid("campaign.wait_seconds", "must be between 0 and a year"));
+            }
+        }
+        CampaignKind::Scheduled => {
+            if c.schedule.trim().is_empty() {
+                return Err(Error::invalid("campaign.schedule", "a scheduled campaign needs a cron expression"));
+            }
+            cron("campaign.schedule", &c.schedule)?;
+            if c.segment_id.trim().is_empty() {
+                return Err(Error::invalid("campaign.segment_id", "a scheduled campaign needs a segment"));
+            }
+        }
+        CampaignKind::Unspecified => {}
+    }
+    let placement = offers::placement("campaign.placement", c.placement)?;
+    if c.channel == 0 {
+        c.channel = default_channel(placement) as i32;
+    } else {
+        offers::channel("campaign.channel", c.channel)?;
+    }
+    if !(0.0..=0.5).contains(&c.holdout_share) {
+        return Err(Error::invalid("campaign.holdout_share", "must be between 0 and 0.5"));
+    }
+    c.holdout_salt = c.holdout_salt.trim().to_string();
+    if c.holdout_salt.chars().count() > 100 {
+        return Err(Error::invalid("campaign.holdout_salt", "must be at most 100 characters"));
+    }
+    Ok(c)
+}
+
 /// A running triggered campaign with its compiled rules.
 #[derive(Debug, Clone)]
 pub struct LiveCampaign {
@@ -104,57 +168,8 @@ impl Campaigns {
         Ok(())
     }
 
-    async fn validate(&self, mut c: pb::Campaign) -> Result<pb::Campaign, Error> {
-        c.name = c.name.trim().to_string();
-        if c.name.is_empty() || c.name.chars().count() > 100 {
-            return Err(Error::invalid("campaign.name", "must be 1 to 100 characters"));
-        }
-        let kind = match CampaignKind::try_from(c.kind) {
-            Ok(CampaignKind::Unspecified) => {
-                return Err(Error::invalid("campaign.kind", "is required: triggered or scheduled"));
-            }
-            Ok(k) => k,
-            Err(_) => return Err(Error::invalid("campaign.kind", format!("unknown kind {}", c.kind))),
-        };
-        match kind {
-            CampaignKind::Triggered => {
-                if c.trigger_events.is_empty() {
-                    return Err(Error::invalid(
-                        "campaign.trigger_events",
-                        "a triggered campaign needs at least one event name",
-                    ));
-                }
-                for (i, e) in c.trigger_events.iter().enumerate() {
-                    if !is_event_name(e) {
-                        return Err(Error::invalid(
-                            &format!("campaign.trigger_events[{i}]"),
-                            "not an event name (lower-case letters, digits, _)",
-                        ));
-                    }
-                }
-                compile("campaign.trigger_rule", &c.trigger_rule)?;
-                compile("campaign.recheck_rule", &c.recheck_rule)?;
-                if !(0..=366 * 86_400).contains(&c.wait_seconds) {
-                    return Err(Error::invalid("campaign.wait_seconds", "must be between 0 and a year"));
-                }
-            }
-            CampaignKind::Scheduled => {
-                if c.schedule.trim().is_empty() {
-                    return Err(Error::invalid("campaign.schedule", "a scheduled campaign needs a cron expression"));
-                }
-                cron("campaign.schedule", &c.schedule)?;
-                if c.segment_id.trim().is_empty() {
-                    return Err(Error::invalid("campaign.segment_id", "a scheduled campaign needs a segment"));
-                }
-            }
-            CampaignKind::Unspecified => {}
-        }
-        let placement = offers::placement("campaign.placement", c.placement)?;
-        if c.channel == 0 {
-            c.channel = default_channel(placement) as i32;
-        } else {
-            offers::channel("campaign.channel", c.channel)?;
-        }
+    async fn validate(&self, c: pb::Campaign) -> Result<pb::Campaign, Error> {
+        let c = check_definition(c)?;
         for (i, id) in c.offer_ids.iter().enumerate() {
             if let Err(e) = self.store.offer(id).await {
                 if e.code() == ErrorCode::NotFound {
@@ -162,13 +177,6 @@ impl Campaigns {
                 }
                 return Err(e);
             }
-        }
-        if !(0.0..=0.5).contains(&c.holdout_share) {
-            return Err(Error::invalid("campaign.holdout_share", "must be between 0 and 0.5"));
-        }
-        c.holdout_salt = c.holdout_salt.trim().to_string();
-        if c.holdout_salt.chars().count() > 100 {
-            return Err(Error::invalid("campaign.holdout_salt", "must be at most 100 characters"));
         }
         if !c.experiment_id.is_empty() && self.experiment(&c.experiment_id).await.is_err() {
             return Err(Error::invalid("campaign.experiment_id", format!("unknown experiment {}", c.experiment_id)));

@@ -98,11 +98,12 @@ fn named<E>(
     parse: impl Fn(&str) -> Option<E>,
     choices: &str,
 ) -> anyhow::Result<E> {
-    parse(&format!("{prefix}{}", text.trim().to_ascii_uppercase().replace('-', "_")))
-        .with_context(|| format!("--{flag}: unknown value `{text}`; expected one of {choices}"))
+    rapport_decision::campaigns::definition::enum_value(&format!("--{flag}"), text, prefix, parse, choices)
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn channel(text: &str) -> anyhow::Result<i32> {
+/// A channel by name, for a `--channel` flag.
+pub(super) fn channel(text: &str) -> anyhow::Result<i32> {
     let c = named(
         "channel",
         text,

@@ -4,11 +4,19 @@
 //! - `rapport profile get|timeline`: a profile by any identifier, a timeline.
 //! - `rapport consent record|check|history`: the consent ledger.
 //! - `rapport import customers|events`: a CSV file through a column mapping, with a progress bar.
+//! - `rapport offer put|list`, `rapport campaign put|list`: offers and campaigns from files (TOML or JSON).
+//! - `rapport send`: a test message through delivery.
+//! - `rapport report`: the KPIs of a campaign, offer or experiment.
 
+pub mod campaign;
 pub mod consent;
+pub mod definition;
 pub mod import;
+pub mod offer;
 pub mod output;
 pub mod profile;
+pub mod report;
+pub mod send;
 
 use anyhow::Context as _;
 use clap::Args;
