@@ -62,13 +62,35 @@ pub struct Bindings {
     context: Context<'static, 'static>,
 }
 
+/// A JSON document as a CEL value. Whole numbers are `int` whenever they fit (as CEL literals are), so
+/// `profile.computed.order_count + 1` and arithmetic between fields of either sign work; only numbers
+/// beyond i64 are `uint`.
+fn cel_value(v: &serde_json::Value) -> cel::Value {
+    use serde_json::Value as J;
+    match v {
+        J::Null => cel::Value::Null,
+        J::Bool(b) => cel::Value::Bool(*b),
+        J::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => cel::Value::Int(i),
+            (None, Some(u)) => cel::Value::UInt(u),
+            _ => cel::Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        J::String(s) => cel::Value::String(Arc::new(s.clone())),
+        J::Array(items) => cel::Value::List(Arc::new(items.iter().map(cel_value).collect())),
+        J::Object(fields) => cel::Value::Map(cel::objects::Map {
+            map: Arc::new(
+                fields.iter().map(|(k, v)| (cel::objects::Key::String(Arc::new(k.clone())), cel_value(v))).collect(),
+            ),
+        }),
+    }
+}
+
 impl Bindings {
     /// Binds each `(name, document)`.
     pub fn new(vars: &[(&str, &serde_json::Value)]) -> Result<Self, RuleError> {
         let mut context = Context::with_env(ENV.clone());
         for (name, value) in vars {
-            let value = cel::to_value(value).map_err(|e| RuleError::Evaluation(format!("{name}: {e}")))?;
-            context.add_variable_from_value(*name, value);
+            context.add_variable_from_value(*name, cel_value(value));
         }
         Ok(Self { context })
     }
