@@ -181,3 +181,65 @@ impl JwtVerifier {
         Ok(principal)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SECRET: &[u8] = b"a secret of thirty-two bytes or more, for tests";
+
+    fn verifier() -> JwtVerifier {
+        let settings = AuthSettings {
+            jwt_issuer: "https://idp.example".into(),
+            jwt_audience: "rapport".into(),
+            ..Default::default()
+        };
+        let keys = JwtKeys { hs256: Some(SECRET.to_vec()), rs256: None };
+        JwtVerifier::new(&settings, keys, Roles::built_in()).unwrap()
+    }
+
+    fn token(claims: &serde_json::Value, secret: &[u8]) -> String {
+        let header = jsonwebtoken::Header::new(Algorithm::HS256);
+        jsonwebtoken::encode(&header, claims, &jsonwebtoken::EncodingKey::from_secret(secret)).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Any bearer text is refused or accepted, never a panic; only a token signed with the key, for the
+        /// configured issuer and audience, unexpired and naming a subject, is accepted, with its scopes.
+        #[test]
+        fn only_well_made_tokens_are_accepted(
+            junk in prop_oneof![any::<String>(), "[A-Za-z0-9_-]{1,40}\\.[A-Za-z0-9_-]{1,60}\\.[A-Za-z0-9_-]{0,43}"],
+            sub in "[a-z0-9-]{1,20}", scope in "(profile:read|consent:write| ){0,4}",
+            iss_ok in any::<bool>(), aud_ok in any::<bool>(), expired in any::<bool>(), right_key in any::<bool>(),
+        ) {
+            let v = verifier();
+            prop_assert!(v.verify(&junk).is_err());
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+            let claims = serde_json::json!({
+                "sub": sub, "scope": scope,
+                "iss": if iss_ok { "https://idp.example" } else { "https://evil.example" },
+                "aud": if aud_ok { "rapport" } else { "someone-else" },
+                "exp": if expired { now - 3_600 } else { now + 3_600 },
+            });
+            let t = token(&claims, if right_key { SECRET } else { b"another secret of thirty-two bytes or more" });
+            let answer = v.verify(&t);
+            if iss_ok && aud_ok && !expired && right_key {
+                let p = answer.unwrap();
+                for s in scope.split_whitespace() {
+                    prop_assert!(p.allows(s), "{}", s);
+                }
+            } else {
+                prop_assert!(answer.is_err());
+            }
+            // A token changed after signing is refused.
+            let mut altered = t.clone().into_bytes();
+            let i = altered.len() - 10;
+            altered[i] = if altered[i] == b'A' { b'B' } else { b'A' };
+            let altered = String::from_utf8(altered).unwrap();
+            prop_assert!(v.verify(&altered).is_err());
+        }
+    }
+}

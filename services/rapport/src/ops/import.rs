@@ -548,6 +548,34 @@ mod tests {
         assert_eq!(typed("[1,2]", ValueType::Json).unwrap(), serde_json::json!([1, 2]));
     }
 
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Any cell as any type: converted or refused with a reason, never a panic; whole numbers, booleans,
+        /// dates and times come back as what they were written as.
+        #[test]
+        fn any_cell_converts_or_is_refused_and_values_survive(
+            cell in any::<String>(), n in any::<i64>(), y in 1900i32..2100, m in 1u32..=12, d in 1u32..=28,
+            h in 0u32..24, offset in -12i32..=14,
+        ) {
+            for kind in [ValueType::String, ValueType::Int, ValueType::Float, ValueType::Bool, ValueType::Date, ValueType::Json] {
+                if let Err(why) = typed(&cell, kind) {
+                    prop_assert!(!why.is_empty());
+                }
+            }
+            prop_assert_eq!(typed(&format!(" {n} "), ValueType::Int).unwrap(), serde_json::json!(n));
+            prop_assert_eq!(typed(&n.to_string(), ValueType::Bool).is_ok(), n == 0 || n == 1);
+            let day = format!("{y:04}-{m:02}-{d:02}");
+            prop_assert_eq!(typed(&day, ValueType::Date).unwrap(), serde_json::json!(format!("{day}T00:00:00Z")));
+            // A time with an offset is the same instant in UTC.
+            let local = format!("{day}T{h:02}:30:00{}{:02}:00", if offset < 0 { '-' } else { '+' }, offset.abs());
+            let utc = chrono::DateTime::parse_from_rfc3339(&local).unwrap().with_timezone(&chrono::Utc);
+            prop_assert_eq!(typed(&local, ValueType::Date).unwrap(), serde_json::json!(utc.format("%Y-%m-%dT%H:%M:%SZ").to_string()));
+        }
+    }
+
     #[test]
     fn row_ids_depend_on_source_and_content_only() {
         let a = csv::StringRecord::from(vec!["1", "ann@example.com"]);
