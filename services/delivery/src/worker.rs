@@ -3,7 +3,8 @@
 //!
 //! Per claimed batch: one consent CheckBatch, one BatchGetProfiles (only for templates that read the
 //! profile, or to find the recipient's time zone for quiet hours), one IssueUnsubscribeToken per marketing
-//! email. Consent or profile unreachable: the message waits (DEFERRED), it is never sent unchecked.
+//! email. Consent or profile unreachable: the message waits (DEFERRED), it is never sent unchecked. A profile
+//! read refused for another reason (a bad request, a missing permission) fails the message with that reason.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -289,6 +290,7 @@ async fn prepare(core: &Arc<Core>, rows: Vec<MessageRow>) -> Vec<Step> {
         .collect();
     let mut profiles: BTreeMap<String, Value> = BTreeMap::new();
     let mut profile_down = None;
+    let mut refused: BTreeMap<String, String> = BTreeMap::new();
     let wanted: Vec<String> = wanted.into_iter().collect();
     // BatchGetProfiles takes at most this many customers per call.
     const PROFILES_PER_CALL: usize = 100;
@@ -318,16 +320,28 @@ async fn prepare(core: &Arc<Core>, rows: Vec<MessageRow>) -> Vec<Step> {
                     }
                 }
             }
-            Err(s) => {
+            Err(s) if unavailable(&s) => {
                 profile_down = Some(format!("profile is unreachable: waiting for it ({:?})", s.code()));
                 break;
+            }
+            // Any other answer (a refused request, a missing permission) will not change by waiting: these
+            // customers' messages fail with the reason, dead-lettered and replayable once it is fixed.
+            Err(s) => {
+                let why = format!("profile refused the read: {:?}: {}", s.code(), s.message());
+                tracing::warn!(code = ?s.code(), customers = chunk.len(), "profile refused a batch read; the messages fail");
+                refused.extend(chunk.iter().map(|id| (id.clone(), why.clone())));
             }
         }
     }
     for p in pending {
         let Pending { row, request, compiled } = p;
-        if profile_down.is_some() && needs_profile_row(&row, compiled.as_deref(), quiet.is_some()) {
+        let needs_profile = needs_profile_row(&row, compiled.as_deref(), quiet.is_some());
+        if profile_down.is_some() && needs_profile {
             out.push(Step::Done(deferred(core, &row, retry_at, profile_down.as_deref().unwrap_or_default())));
+            continue;
+        }
+        if let Some(why) = refused.get(&row.customer_id).filter(|_| needs_profile) {
+            out.push(Step::Done(failed(core, &row, why.clone())));
             continue;
         }
         let profile =
