@@ -1,4 +1,4 @@
-//! Exactly once through a crash, with the real binary: a small SMTP server (below) counts every message
+//! Exactly once through a crash, with the real binary: a small SMTP server (tests/support) counts every message
 //! per Message-ID and never deduplicates; `rapport serve` sends 2,000 personalised marketing emails to it
 //! (submitted by `rapport bench send`), is killed with SIGKILL once 800 have arrived, and is started again;
 //! the client submits the whole batch again with the same idempotency keys. Every message must arrive
@@ -7,74 +7,13 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::Rapport;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use support::{Counts, Rapport, smtp_server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-
-type Counts = Arc<Mutex<HashMap<String, u32>>>;
-
-/// Serves SMTP: every complete DATA is counted under its Message-ID; a DATA cut off by a closed
-/// connection is discarded, as RFC 5321 requires.
-async fn smtp_server(listener: TcpListener, counts: Counts) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else { return };
-        let counts = counts.clone();
-        tokio::spawn(async move {
-            let (r, mut w) = stream.into_split();
-            let mut r = BufReader::new(r);
-            if w.write_all(b"220 test ESMTP\r\n").await.is_err() {
-                return;
-            }
-            let mut line = String::new();
-            loop {
-                line.clear();
-                if r.read_line(&mut line).await.unwrap_or(0) == 0 {
-                    return;
-                }
-                let cmd = line.trim_end().to_ascii_uppercase();
-                let reply: &[u8] = if cmd.starts_with("EHLO") {
-                    b"250-test\r\n250 8BITMIME\r\n"
-                } else if cmd == "DATA" {
-                    if w.write_all(b"354 go ahead\r\n").await.is_err() {
-                        return;
-                    }
-                    let mut body = String::new();
-                    loop {
-                        let mut l = String::new();
-                        if r.read_line(&mut l).await.unwrap_or(0) == 0 {
-                            return; // cut off: nothing is delivered
-                        }
-                        if l == ".\r\n" {
-                            break;
-                        }
-                        body.push_str(&l);
-                    }
-                    let id = body
-                        .lines()
-                        .find_map(|l| l.strip_prefix("Message-ID: "))
-                        .unwrap_or("<none>")
-                        .trim()
-                        .to_string();
-                    *counts.lock().unwrap().entry(id).or_default() += 1;
-                    b"250 queued\r\n"
-                } else if cmd == "QUIT" {
-                    let _ = w.write_all(b"221 bye\r\n").await;
-                    return;
-                } else {
-                    b"250 ok\r\n"
-                };
-                if w.write_all(reply).await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
-}
 
 /// The relay's message lookup: `GET /messages/<Message-ID>` answers `{"received": n}`.
 async fn lookup_server(listener: TcpListener, counts: Counts) {

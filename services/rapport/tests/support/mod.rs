@@ -3,9 +3,13 @@
 //! directory that is removed afterwards. Output goes to a log file per process.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests on one machine).
 pub fn free_port() -> u16 {
@@ -280,5 +284,66 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Messages an SMTP server of [`smtp_server`] received, by Message-ID.
+pub type Counts = Arc<Mutex<HashMap<String, u32>>>;
+
+/// Serves SMTP: every complete DATA is counted under its Message-ID; a DATA cut off by a closed
+/// connection is discarded, as RFC 5321 requires.
+pub async fn smtp_server(listener: tokio::net::TcpListener, counts: Counts) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { return };
+        let counts = counts.clone();
+        tokio::spawn(async move {
+            let (r, mut w) = stream.into_split();
+            let mut r = BufReader::new(r);
+            if w.write_all(b"220 test ESMTP\r\n").await.is_err() {
+                return;
+            }
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let cmd = line.trim_end().to_ascii_uppercase();
+                let reply: &[u8] = if cmd.starts_with("EHLO") {
+                    b"250-test\r\n250 8BITMIME\r\n"
+                } else if cmd == "DATA" {
+                    if w.write_all(b"354 go ahead\r\n").await.is_err() {
+                        return;
+                    }
+                    let mut body = String::new();
+                    loop {
+                        let mut l = String::new();
+                        if r.read_line(&mut l).await.unwrap_or(0) == 0 {
+                            return; // cut off: nothing is delivered
+                        }
+                        if l == ".\r\n" {
+                            break;
+                        }
+                        body.push_str(&l);
+                    }
+                    let id = body
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Message-ID: "))
+                        .unwrap_or("<none>")
+                        .trim()
+                        .to_string();
+                    *counts.lock().unwrap().entry(id).or_default() += 1;
+                    b"250 queued\r\n"
+                } else if cmd == "QUIT" {
+                    let _ = w.write_all(b"221 bye\r\n").await;
+                    return;
+                } else {
+                    b"250 ok\r\n"
+                };
+                if w.write_all(reply).await.is_err() {
+                    return;
+                }
+            }
+        });
     }
 }
