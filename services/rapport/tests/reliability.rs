@@ -251,7 +251,12 @@ async fn postgres_outage_fails_fast_resumes_by_itself_and_loses_no_accepted_writ
     let stop_begun = load.now();
     pg.stop();
     let stopped = load.now();
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Not ready while its database is away (a load balancer stops sending traffic), and says so quickly.
+    let readyz = format!("http://127.0.0.1:{}/readyz", server.http_port);
+    let (ready, took) = within("/readyz", Duration::from_secs(2), rapport_testkit::http_get(&readyz)).await;
+    assert_ne!(ready.0, 200, "/readyz answered 200 with the database down ({took:?})");
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let start_begun = load.now();
     pg.start_again();
     let started = load.now();
@@ -269,6 +274,7 @@ async fn postgres_outage_fails_fast_resumes_by_itself_and_loses_no_accepted_writ
         );
     };
     tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(rapport_testkit::http_get(&readyz).await.0, 200, "/readyz after the database came back");
     load.stop.cancel();
     for w in writers {
         w.await.unwrap();
@@ -280,7 +286,7 @@ async fn postgres_outage_fails_fast_resumes_by_itself_and_loses_no_accepted_writ
     let latencies: Vec<Duration> = during.iter().map(|c| c.took).collect();
     let max = latencies.iter().max().copied().unwrap_or_default();
     eprintln!(
-        "postgres_outage: {} calls during the {:.1} s outage: {:?}; latency p50 {:?} p99 {:?} max {:?}; first success {:?} after the start ({:?} to start postgres); {} calls in all: {:?}",
+        "postgres_outage: {} calls during the {:.1} s outage: {:?}; latency p50 {:?} p99 {:?} max {:?}; first success {:?} after the start ({:?} to start postgres); /readyz {} in {took:?} during it; {} calls in all: {:?}",
         during.len(),
         (start_begun - stopped).as_secs_f64(),
         codes(&during),
@@ -289,6 +295,7 @@ async fn postgres_outage_fails_fast_resumes_by_itself_and_loses_no_accepted_writ
         max,
         resumed.saturating_sub(started),
         started - start_begun,
+        ready.0,
         calls.len(),
         codes(&calls.iter().collect::<Vec<_>>()),
     );
