@@ -106,7 +106,12 @@ struct Redis {
     conn: ConnectionManager,
     timeout: Duration,
     open_until: Arc<Mutex<Option<Instant>>>,
+    /// Version bumps that failed (version key to its window), retried until Redis takes them.
+    unbumped: Arc<Mutex<HashMap<String, Duration>>>,
 }
+
+/// How often failed version bumps are retried.
+const BUMP_RETRY: Duration = Duration::from_millis(100);
 
 impl Redis {
     /// Runs one command (or pipeline or script) on the connection, within the timeout and the breaker.
@@ -176,7 +181,12 @@ impl Cache {
         )
         .await
         .map_err(|_| CacheError::Unavailable("timed out connecting to redis".into()))??;
-        Ok(Cache(Store::Redis(Redis { conn, timeout: settings.timeout, open_until: Arc::default() })))
+        Ok(Cache(Store::Redis(Redis {
+            conn,
+            timeout: settings.timeout,
+            open_until: Arc::default(),
+            unbumped: Arc::default(),
+        })))
     }
 
     /// Whether the store is shared between processes.
@@ -257,8 +267,17 @@ impl Cache {
     }
 
     /// The current version of `key` alone; `None` when it cannot be read.
+    ///
+    /// Also `None` while a bump of `key` made by this process has not reached Redis yet: the version read
+    /// would be the one from before the change, under which a stale value may be cached.
     pub async fn version(&self, key: &str) -> Option<i64> {
-        self.counter(&format!("{key}#v")).await.ok()
+        let version_key = format!("{key}#v");
+        if let Store::Redis(redis) = &self.0
+            && redis.unbumped.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&version_key)
+        {
+            return None;
+        }
+        self.counter(&version_key).await.ok()
     }
 
     /// Caches `value` as `key` at `version` (as read by [`Cache::get_versioned`]).
@@ -268,8 +287,47 @@ impl Cache {
 
     /// Moves `key` to a new version after its source changed; the version is kept for `window` after
     /// the last change, which must be longer than the TTL of the entries.
+    ///
+    /// A bump that fails (Redis unreachable) is retried in the background until Redis takes it, and until
+    /// then this process reads no cached value of `key`. Without that, the change would be hidden once
+    /// Redis answered again: the version would still be the old one, and the value cached under it from
+    /// before the change would be served until its TTL. (Other processes see the change once the retry
+    /// lands; the error is returned so that the caller can log it.)
     pub async fn bump_version(&self, key: &str, window: Duration) -> Result<(), CacheError> {
-        self.incr_window(&format!("{key}#v"), 1, window).await.map(|_| ())
+        let version_key = format!("{key}#v");
+        let bumped = self.incr_window(&version_key, 1, window).await.map(|_| ());
+        if let (Err(_), Store::Redis(redis)) = (&bumped, &self.0) {
+            let first = {
+                let mut unbumped = redis.unbumped.lock().unwrap_or_else(|p| p.into_inner());
+                let first = unbumped.is_empty();
+                unbumped.insert(version_key, window);
+                first
+            };
+            if first {
+                let cache = self.clone();
+                tokio::spawn(async move { cache.retry_bumps().await });
+            }
+        }
+        bumped
+    }
+
+    /// Retries the failed version bumps until none is left.
+    async fn retry_bumps(&self) {
+        let Store::Redis(redis) = &self.0 else { return };
+        loop {
+            tokio::time::sleep(BUMP_RETRY).await;
+            let due: Vec<(String, Duration)> =
+                redis.unbumped.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, w)| (k.clone(), *w)).collect();
+            for (key, window) in due {
+                if self.incr_window(&key, 1, window).await.is_ok() {
+                    redis.unbumped.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                }
+            }
+            if redis.unbumped.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+                tracing::info!("cache versions that could not be moved during the redis outage are moved");
+                return;
+            }
+        }
     }
 
     /// Sets `key` only if it does not exist, for `ttl`; true when this call set it (idempotency keys).

@@ -2,7 +2,9 @@
 //! 5432 and 6379), and the `rapport` binary cargo built, stopped and killed under load.
 //!
 //! - `postgres_outage_*`: PostgreSQL stopped under load and started again.
-//! - `redis_outage_*`: Redis stopped: caches bypassed, contact policies fail closed, consent holds.
+//! - `redis_outage_*`: Redis frozen and stopped: caches bypassed, contact policies fail closed, consent
+//!   holds; `redis_unreachable_*`: Redis cut off (a proxy) while a profile changes: nothing stale after.
+//! - `provider_outage_*`: the SMTP relay refusing connections: messages wait with retries, sent once after.
 //! - `sigkill_*`: the process killed under load and restarted: feeds resume from their cursors, timers
 //!   fire once.
 //! - `sigterm_*`: in-flight calls finish, the process exits within its grace period.
@@ -1278,6 +1280,83 @@ async fn provider_outage_keeps_messages_queued_with_retries_and_sends_each_once_
         attempts.iter().min().unwrap(),
         attempts.iter().max().unwrap(),
     );
+    let (status, _) = server.terminate();
+    assert!(status.success(), "{}", server.output());
+}
+
+/// A TCP proxy to `target` that can be cut: open connections are closed and new ones closed at once
+/// (Redis unreachable from the process behind it, while Redis itself keeps running with its data).
+#[derive(Clone)]
+struct Cuttable {
+    port: u16,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    open: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Cuttable {
+    async fn start(target: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = Cuttable { port: listener.local_addr().unwrap().port(), cut: Arc::default(), open: Arc::default() };
+        let p = proxy.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if p.cut.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                p.open.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        proxy
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
+        if cut {
+            for t in self.open.lock().unwrap().drain(..) {
+                t.abort();
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_unreachable_while_a_profile_changes_serves_no_stale_profile_afterwards() {
+    if !enabled("redis_partition") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().await;
+    let redis = Redis::start();
+    let proxy = Cuttable::start(redis.port).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("redis://127.0.0.1:{}", proxy.port);
+    let server = Rapport::start(dir.path(), &[("RAPPORT__CACHE__URL", url.as_str())], &[]);
+    let token = server.admin_token();
+    let channel = server.channel().await;
+    let ann = customer(&channel, &token, "ann@example.com", true).await;
+    // Cached in Redis at its current version.
+    assert_eq!(tier(&channel, &token, &ann).await.unwrap(), "gold");
+    assert_eq!(tier(&channel, &token, &ann).await.unwrap(), "gold");
+    // Redis unreachable from Rapport (it keeps its data): the change commits, its version bump cannot be made.
+    proxy.set_cut(true);
+    set_tier(&channel, &token, &ann, "silver").await;
+    assert_eq!(tier(&channel, &token, &ann).await.unwrap(), "silver");
+    proxy.set_cut(false);
+    // Reachable again: no read may return the copy cached before the change.
+    let back = Instant::now();
+    let mut seen = Vec::new();
+    while back.elapsed() < Duration::from_secs(3) {
+        seen.push(tier(&channel, &token, &ann).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stale = seen.iter().filter(|t| *t != "silver").count();
+    eprintln!("redis_partition: {} reads in the 3 s after Redis was reachable again, {stale} stale", seen.len());
+    assert_eq!(stale, 0, "stale profile reads after the partition healed: {seen:?}");
+    let mut server = server;
     let (status, _) = server.terminate();
     assert!(status.success(), "{}", server.output());
 }
