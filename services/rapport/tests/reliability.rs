@@ -1036,6 +1036,13 @@ async fn sigterm_lets_in_flight_calls_finish_takes_no_new_work_and_exits_within_
     // the server's GOAWAY reaches it while the call is being sent).
     let after: Vec<&Call> = calls.iter().filter(|c| c.started > term + exit_took).collect();
     assert!(after.iter().all(|c| c.code != Code::Ok), "a call was answered OK after the exit");
+    // New work stops being taken as soon as the signal is handled (a few ms; 100 ms allowed).
+    let taken: Vec<Duration> =
+        calls.iter().filter(|c| c.started >= term && c.code == Code::Ok).map(|c| c.started - term).collect();
+    assert!(
+        taken.iter().all(|d| *d < Duration::from_millis(100)),
+        "calls taken after the signal, sent at {taken:?} after it"
+    );
     let odd: Vec<&Call> = calls
         .iter()
         .filter(|c| {
@@ -1061,7 +1068,7 @@ async fn sigterm_lets_in_flight_calls_finish_takes_no_new_work_and_exits_within_
     }
     let longest = in_flight.iter().map(|c| c.took).max().unwrap_or_default();
     eprintln!(
-        "sigterm: exited with {status} {exit_took:?} after the signal (grace {GRACE:?}); {} calls in flight at the signal all finished OK (longest {longest:?}); calls sent after the signal: {refused:?}; {accepted} accepted writes all stored; the open feed had {feed_records} records and ended",
+        "sigterm: exited with {status} {exit_took:?} after the signal (grace {GRACE:?}); {} calls in flight at the signal all finished OK (longest {longest:?}); calls sent after the signal: {refused:?} (the OK ones sent {taken:?} after it); {accepted} accepted writes all stored; the open feed had {feed_records} records and ended",
         in_flight.len(),
     );
 }
