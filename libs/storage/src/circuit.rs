@@ -9,6 +9,11 @@
 //! options again on each one). When the server accepts connections again the real options are put back
 //! and the pools reconnect by themselves. A server that accepts connections but does not answer is not
 //! detected here; the acquire timeout and the request deadline bound those calls.
+//!
+//! The probe holds a handle on each watched pool until the pool is closed ([`crate::Db::close`], which
+//! the server does on shutdown): a pool dropped without being closed stays open, with its idle
+//! connections, until the process exits (tests on PostgreSQL drop their database with FORCE, which ends
+//! those connections).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
