@@ -207,3 +207,176 @@ async fn export_and_erase_are_audited_and_erasure_leaves_a_tombstone() {
     db.close().await;
     suite.stop().await;
 }
+
+fn external(ns: &str, value: &str) -> Identifier {
+    Identifier { r#type: IdentifierType::External as i32, value: value.into(), namespace: ns.into() }
+}
+
+async fn entity(
+    client: &mut IdentityServiceClient<tonic::transport::Channel>,
+    suite: &TestSuite,
+    kind: pb::EntityKind,
+    value: &str,
+) -> String {
+    let mut request = resolve_request(vec![external("crm", value)]);
+    request.kind = kind as i32;
+    client.resolve(suite.admin(request)).await.unwrap().into_inner().customer_id
+}
+
+#[tokio::test]
+async fn hierarchy_account_site_contact_with_moves_cycles_and_kind_pairs_refused() {
+    let suite = TestSuite::start_with(rapport_testkit::SuiteOptions::services(&["identity"])).await;
+    let mut client = IdentityServiceClient::new(suite.channel().await);
+    use pb::EntityKind as K;
+    let account = entity(&mut client, &suite, K::Account, "acme").await;
+    let parent_account = entity(&mut client, &suite, K::Account, "acme-holding").await;
+    let site = entity(&mut client, &suite, K::Site, "acme-berlin").await;
+    let other_site = entity(&mut client, &suite, K::Site, "acme-munich").await;
+    let contact = entity(&mut client, &suite, K::Contact, "c-1").await;
+    let person = entity(&mut client, &suite, K::Person, "p-1").await;
+    let link = |parent: &str, child: &str, role: &str| {
+        suite.admin(pb::LinkEntitiesRequest {
+            parent_customer_id: parent.into(),
+            child_customer_id: child.into(),
+            provenance: Some(Provenance { source: "crm".into(), source_record_id: "r-1".into(), actor: "ops".into() }),
+            role: role.into(),
+        })
+    };
+    client.link_entities(link(&parent_account, &account, "subsidiary")).await.unwrap();
+    client.link_entities(link(&account, &site, "branch")).await.unwrap();
+    let placed = client.link_entities(link(&site, &contact, "decision maker")).await.unwrap().into_inner();
+    let child = placed.child.unwrap();
+    assert_eq!((child.parent_customer_id.as_str(), child.role.as_str()), (site.as_str(), "decision maker"));
+    assert_eq!(child.display_name, "crm:c-1", "the display name comes from what the graph holds");
+    assert!(placed.previous_parent_customer_id.is_empty());
+
+    // The contact sees its account and site above it; the account sees site and contact below.
+    let h = client
+        .get_hierarchy(suite.admin(pb::GetHierarchyRequest { customer_id: contact.clone(), ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner();
+    let up: Vec<_> = h.ancestors.iter().map(|n| n.customer_id.as_str()).collect();
+    assert_eq!(up, vec![parent_account.as_str(), account.as_str(), site.as_str()]);
+    assert_eq!(h.ancestors[1].role, "subsidiary");
+    assert_eq!(h.entity.as_ref().unwrap().role, "decision maker");
+    let h = client
+        .get_hierarchy(suite.admin(pb::GetHierarchyRequest {
+            customer_id: account.clone(),
+            depth: 2,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let down: Vec<_> = h.children.iter().map(|n| (n.customer_id.as_str(), n.parent_customer_id.as_str())).collect();
+    assert_eq!(down, vec![(site.as_str(), account.as_str()), (contact.as_str(), site.as_str())]);
+    assert_eq!(h.entity.unwrap().child_count, 1);
+    // Paging: one child per page.
+    let first = client
+        .get_hierarchy(suite.admin(pb::GetHierarchyRequest {
+            customer_id: account.clone(),
+            depth: 2,
+            page: Some(rapport_proto::common::v1::PageRequest { page_size: 1, page_token: String::new() }),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.children.len(), 1);
+    let token = first.page.unwrap().next_page_token;
+    let second = client
+        .get_hierarchy(suite.admin(pb::GetHierarchyRequest {
+            customer_id: account.clone(),
+            depth: 2,
+            page: Some(rapport_proto::common::v1::PageRequest { page_size: 1, page_token: token }),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second.children[0].customer_id, contact);
+    assert!(second.page.unwrap().next_page_token.is_empty());
+
+    // A cycle and a wrong pair of kinds are refused by field, and nothing is stored.
+    let err = client.link_entities(link(&account, &parent_account, "")).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("parent_customer_id: linking would make a cycle"), "{}", err.message());
+    let err = client.link_entities(link(&contact, &site, "")).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("child_customer_id: a site cannot be linked under a contact"),
+        "{}",
+        err.message()
+    );
+    let err = client.link_entities(link(&account, &person, "")).await.unwrap_err();
+    assert!(err.message().starts_with("child_customer_id"), "{}", err.message());
+    let err = client.link_entities(link(&site, &contact, &"x".repeat(129))).await.unwrap_err();
+    assert!(err.message().starts_with("role"), "{}", err.message());
+    let err = client
+        .get_hierarchy(suite.admin(pb::GetHierarchyRequest {
+            customer_id: site.clone(),
+            depth: 4,
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert!(err.message().starts_with("depth"), "{}", err.message());
+    let h = client
+        .get_hierarchy(
+            suite.admin(pb::GetHierarchyRequest { customer_id: parent_account.clone(), ..Default::default() }),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(h.ancestors.is_empty(), "the refused cycle was not stored");
+
+    // Linking to another site moves the contact; unlinking detaches it.
+    let moved = client.link_entities(link(&other_site, &contact, "buyer")).await.unwrap().into_inner();
+    assert_eq!(moved.previous_parent_customer_id, site);
+    let customer = client
+        .get_customer(suite.admin(pb::GetCustomerRequest { customer_id: contact.clone(), ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner();
+    let parents: Vec<_> = customer.parents.iter().map(|p| p.customer_id.as_str()).collect();
+    assert_eq!(parents, vec![other_site.as_str()]);
+    let err = client
+        .unlink_entities(suite.admin(pb::UnlinkEntitiesRequest {
+            child_customer_id: contact.clone(),
+            parent_customer_id: site.clone(),
+            provenance: None,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    client
+        .unlink_entities(suite.admin(pb::UnlinkEntitiesRequest {
+            child_customer_id: contact.clone(),
+            parent_customer_id: other_site.clone(),
+            provenance: None,
+        }))
+        .await
+        .unwrap();
+    let h = client
+        .get_hierarchy(suite.admin(pb::GetHierarchyRequest { customer_id: contact.clone(), ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(h.ancestors.is_empty());
+
+    // Every change reached the feed.
+    let mut feed = client
+        .subscribe(
+            suite.admin(SubscribeRequest { topics: vec!["identity.hierarchy_changed".into()], ..Default::default() }),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    for _ in 0..5 {
+        let record = feed.next().await.unwrap().unwrap();
+        events.push(pb::HierarchyChanged::decode(record.payload.unwrap().value.as_slice()).unwrap());
+    }
+    assert_eq!(events[3].previous_parent_customer_id, site);
+    assert!(events[4].parent_customer_id.is_empty() && events[4].previous_parent_customer_id == other_site);
+    suite.stop().await;
+}

@@ -242,6 +242,20 @@ pub trait EventEncoder: Send + Sync {
     fn merged(&self, change: &GraphChange) -> OutboxMessage;
     fn split(&self, change: &GraphChange, identifiers: &[Ident]) -> OutboxMessage;
     fn erased(&self, customer_id: &str, aliases: &[String]) -> OutboxMessage;
+    /// A child placed under a parent, moved, or detached (`parent` empty).
+    fn hierarchy_changed(&self, change: &crate::hierarchy::HierarchyChange) -> OutboxMessage {
+        let json = serde_json::json!({
+            "child_customer_id": change.child, "child_kind": change.child_kind,
+            "previous_parent_customer_id": change.previous_parent, "parent_customer_id": change.parent,
+            "parent_kind": change.parent_kind, "role": change.role,
+        });
+        OutboxMessage::new(
+            crate::hierarchy::TOPIC_HIERARCHY_CHANGED,
+            &change.child,
+            "json",
+            json.to_string().into_bytes(),
+        )
+    }
 }
 
 fn new_customer_id() -> String {
@@ -291,6 +305,16 @@ impl Graph {
         &self.db
     }
 
+    /// The encoder of outbox payloads.
+    pub(crate) fn events(&self) -> &dyn EventEncoder {
+        self.events.as_ref()
+    }
+
+    /// The identity settings.
+    pub fn settings(&self) -> &IdentitySettings {
+        &self.settings
+    }
+
     /// The customer `idents` (normalised, not blocked, at least one) belong to, creating, attaching and
     /// merging as the evidence and the limits allow.
     pub async fn resolve(&self, idents: Vec<Ident>, origin: Origin) -> Result<Resolved, Error> {
@@ -326,7 +350,7 @@ impl Graph {
 
     /// Starts a write: the graph's write lock (in process, and across replicas on PostgreSQL) and a
     /// transaction. Dropping both without [`Graph::finish`] rolls back.
-    async fn begin_write(&self) -> Result<(tokio::sync::MutexGuard<'_, ()>, Tx), Error> {
+    pub(crate) async fn begin_write(&self) -> Result<(tokio::sync::MutexGuard<'_, ()>, Tx), Error> {
         let guard = self.writer.lock().await;
         let mut tx = self.db.begin().await?;
         if let Tx::Postgres(t) = &mut tx {
@@ -336,7 +360,7 @@ impl Graph {
     }
 
     /// Appends `messages` to the outbox and commits.
-    async fn finish(&self, mut tx: Tx, messages: Vec<OutboxMessage>) -> Result<(), Error> {
+    pub(crate) async fn finish(&self, mut tx: Tx, messages: Vec<OutboxMessage>) -> Result<(), Error> {
         Outbox::append(&mut tx, &messages).await?;
         self.outbox.commit(tx).await?;
         let moved = messages.iter().any(|m| [TOPIC_MERGED, TOPIC_SPLIT, TOPIC_ERASED].contains(&m.topic.as_str()));

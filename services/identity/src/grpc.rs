@@ -120,14 +120,50 @@ fn change_to_wire(c: &GraphChange) -> pb::GraphChange {
     }
 }
 
-fn customer_to_wire(e: &graph::Explained) -> pb::Customer {
-    let kind = match e.kind.as_str() {
+/// The wire kind of a stored kind name.
+pub(crate) fn kind_to_wire(kind: &str) -> pb::EntityKind {
+    match kind {
         "household" => pb::EntityKind::Household,
         "account" => pb::EntityKind::Account,
         "site" => pb::EntityKind::Site,
         "contact" => pb::EntityKind::Contact,
         _ => pb::EntityKind::Person,
-    };
+    }
+}
+
+/// The stored kind name of a wire kind (unspecified is a person); `None` for an unknown number.
+pub(crate) fn kind_name(kind: i32) -> Option<&'static str> {
+    Some(match pb::EntityKind::try_from(kind).ok()? {
+        pb::EntityKind::Unspecified | pb::EntityKind::Person => "person",
+        pb::EntityKind::Household => "household",
+        pb::EntityKind::Account => "account",
+        pb::EntityKind::Site => "site",
+        pb::EntityKind::Contact => "contact",
+    })
+}
+
+fn node_to_wire(n: &crate::hierarchy::Node) -> pb::HierarchyNode {
+    pb::HierarchyNode {
+        customer_id: n.customer_id.clone(),
+        kind: kind_to_wire(&n.kind) as i32,
+        display_name: n.display_name.clone(),
+        role: n.role.clone(),
+        parent_customer_id: n.parent.clone(),
+        child_count: n.child_count as i32,
+    }
+}
+
+fn link_origin(p: Option<&common::Provenance>) -> crate::hierarchy::LinkOrigin {
+    p.map(|p| crate::hierarchy::LinkOrigin {
+        source: p.source.clone(),
+        event_id: p.source_record_id.clone(),
+        actor: p.actor.clone(),
+    })
+    .unwrap_or_default()
+}
+
+fn customer_to_wire(e: &graph::Explained) -> pb::Customer {
+    let kind = kind_to_wire(&e.kind);
     pb::Customer {
         customer_id: e.customer_id.clone(),
         kind: kind as i32,
@@ -212,7 +248,8 @@ impl IdentityService for Identity {
             )
             .into());
         }
-        let resolved = self.graph.resolve(idents, origin_of(request.provenance.as_ref())).await?;
+        let kind = kind_name(request.kind).ok_or_else(|| Error::invalid("kind", "is not a known entity kind"))?;
+        let resolved = self.graph.resolve_kind(idents, origin_of(request.provenance.as_ref()), kind).await?;
         Ok(Response::new(pb::ResolveResponse {
             customer_id: resolved.customer_id,
             created: resolved.created,
@@ -246,7 +283,9 @@ impl IdentityService for Identity {
         let request = request.into_inner();
         let id = required_id("customer_id", &request.customer_id)?;
         let explained = self.graph.explain(id).await?;
-        Ok(Response::new(customer_to_wire(&explained)))
+        let mut customer = customer_to_wire(&explained);
+        customer.parents = self.graph.parents(&explained.customer_id).await?.iter().map(node_to_wire).collect();
+        Ok(Response::new(customer))
     }
 
     async fn explain(&self, request: Request<pb::ExplainRequest>) -> Result<Response<pb::ExplainResponse>, Status> {
@@ -283,6 +322,59 @@ impl IdentityService for Identity {
             customer_id: change.customer_id.clone(),
             split_customer_id: split_id,
             change: Some(change_to_wire(&change)),
+        }))
+    }
+
+    async fn link_entities(
+        &self,
+        request: Request<pb::LinkEntitiesRequest>,
+    ) -> Result<Response<pb::LinkEntitiesResponse>, Status> {
+        let request = request.into_inner();
+        let parent = required_id("parent_customer_id", &request.parent_customer_id)?;
+        let child = required_id("child_customer_id", &request.child_customer_id)?;
+        let role = request.role.trim();
+        if role.chars().count() > 128 {
+            return Err(Error::invalid("role", "longer than 128 characters").into());
+        }
+        let (node, previous) = self.graph.link(parent, child, role, &link_origin(request.provenance.as_ref())).await?;
+        Ok(Response::new(pb::LinkEntitiesResponse {
+            child: Some(node_to_wire(&node)),
+            previous_parent_customer_id: previous.unwrap_or_default(),
+        }))
+    }
+
+    async fn unlink_entities(
+        &self,
+        request: Request<pb::UnlinkEntitiesRequest>,
+    ) -> Result<Response<pb::UnlinkEntitiesResponse>, Status> {
+        let request = request.into_inner();
+        let child = required_id("child_customer_id", &request.child_customer_id)?;
+        let parent = required_id("parent_customer_id", &request.parent_customer_id)?;
+        self.graph.unlink(child, parent, &link_origin(request.provenance.as_ref())).await?;
+        Ok(Response::new(pb::UnlinkEntitiesResponse {}))
+    }
+
+    async fn get_hierarchy(
+        &self,
+        request: Request<pb::GetHierarchyRequest>,
+    ) -> Result<Response<pb::GetHierarchyResponse>, Status> {
+        let request = request.into_inner();
+        let id = required_id("customer_id", &request.customer_id)?;
+        if !(0..=crate::hierarchy::MAX_DEPTH).contains(&request.depth) {
+            return Err(
+                Error::invalid("depth", format!("must be between 0 and {}", crate::hierarchy::MAX_DEPTH)).into()
+            );
+        }
+        let page = request.page.unwrap_or_default();
+        let size = rapport_rpc::convert::page_size("page.page_size", page.page_size, 50, 1000)? as usize;
+        let offset = offset_of(&page.page_token)?;
+        let h = self.graph.hierarchy(id, request.depth).await?;
+        let (children, next) = page_of(&h.descendants, offset, size);
+        Ok(Response::new(pb::GetHierarchyResponse {
+            ancestors: h.ancestors.iter().map(node_to_wire).collect(),
+            entity: Some(node_to_wire(&h.entity)),
+            children: children.iter().map(node_to_wire).collect(),
+            page: Some(common::PageResponse { next_page_token: next }),
         }))
     }
 
@@ -336,6 +428,22 @@ impl IdentityService for Identity {
 }
 
 pub use rapport_rpc::convert::json_to_struct;
+
+/// The offset a page token stands for (tokens are offsets into the ordered list).
+pub(crate) fn offset_of(token: &str) -> Result<usize, Error> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    token.parse::<usize>().map_err(|_| Error::invalid("page.page_token", "is not a token of this list"))
+}
+
+/// One page of `items` from `offset`, and the next page's token.
+pub(crate) fn page_of<T>(items: &[T], offset: usize, size: usize) -> (&[T], String) {
+    let start = offset.min(items.len());
+    let end = (start + size).min(items.len());
+    let next = if end < items.len() { end.to_string() } else { String::new() };
+    (&items[start..end], next)
+}
 
 fn provenance(o: &Origin) -> common::Provenance {
     common::Provenance { source: o.source.clone(), source_record_id: o.event_id.clone(), actor: String::new() }
@@ -398,5 +506,17 @@ impl EventEncoder for ProtoEvents {
             erased_at: Some(timestamp(rapport_storage::now_millis())),
         };
         message(graph::TOPIC_ERASED, customer_id, &event)
+    }
+
+    fn hierarchy_changed(&self, c: &crate::hierarchy::HierarchyChange) -> OutboxMessage {
+        let event = pb::HierarchyChanged {
+            child_customer_id: c.child.clone(),
+            child_kind: kind_to_wire(&c.child_kind) as i32,
+            previous_parent_customer_id: c.previous_parent.clone(),
+            parent_customer_id: c.parent.clone(),
+            parent_kind: kind_to_wire(&c.parent_kind) as i32,
+            role: c.role.clone(),
+        };
+        message(crate::hierarchy::TOPIC_HIERARCHY_CHANGED, &c.child, &event)
     }
 }

@@ -12,6 +12,7 @@ use crate::settings::IdentitySettings;
 
 pub mod graph;
 pub mod grpc;
+pub mod hierarchy;
 pub mod matching;
 pub mod normalize;
 pub mod settings;
