@@ -380,3 +380,311 @@ async fn hierarchy_account_site_contact_with_moves_cycles_and_kind_pairs_refused
     assert!(events[4].parent_customer_id.is_empty() && events[4].previous_parent_customer_id == other_site);
     suite.stop().await;
 }
+
+fn wire_record(r: &rapport_identity::matching::SourceRecord) -> pb::SourceRecord {
+    use rapport_identity::matching::{ATTRIBUTE_NAMES, EntityKind};
+    let kind = match r.kind {
+        EntityKind::Person => pb::EntityKind::Person,
+        EntityKind::Account => pb::EntityKind::Account,
+        EntityKind::Site => pb::EntityKind::Site,
+        EntityKind::Contact => pb::EntityKind::Contact,
+    };
+    pb::SourceRecord {
+        source: r.source.clone(),
+        record_id: r.record_id.clone(),
+        kind: kind as i32,
+        attributes: ATTRIBUTE_NAMES
+            .iter()
+            .filter_map(|n| r.attributes.get(n).map(|v| (n.to_string(), v.to_string())))
+            .collect(),
+        external_ids: r.external_ids.iter().map(|(ns, v)| external(ns, v)).collect(),
+        ..Default::default()
+    }
+}
+
+fn record(source: &str, id: &str, kind: pb::EntityKind, pairs: &[(&str, &str)]) -> pb::SourceRecord {
+    pb::SourceRecord {
+        source: source.into(),
+        record_id: id.into(),
+        kind: kind as i32,
+        attributes: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..Default::default()
+    }
+}
+
+async fn finished_run(
+    client: &mut IdentityServiceClient<tonic::transport::Channel>,
+    suite: &TestSuite,
+    request: pb::RunMatchingRequest,
+) -> pb::MatchingRun {
+    let started = client.run_matching(suite.admin(request)).await.unwrap().into_inner();
+    assert_eq!(started.state, pb::RunState::Running as i32);
+    for _ in 0..600 {
+        let run = client
+            .get_matching_run(suite.admin(pb::GetMatchingRunRequest { run_id: started.run_id.clone() }))
+            .await
+            .unwrap()
+            .into_inner();
+        if run.state != pb::RunState::Running as i32 {
+            return run;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("run {} did not finish in 60 s", started.run_id);
+}
+
+async fn assigned(
+    client: &mut IdentityServiceClient<tonic::transport::Channel>,
+    suite: &TestSuite,
+) -> std::collections::HashMap<(String, String), pb::RecordAssignment> {
+    let mut out = std::collections::HashMap::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_record_assignments(suite.admin(pb::ListRecordAssignmentsRequest {
+                page: Some(rapport_proto::common::v1::PageRequest { page_size: 1000, page_token: token }),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        for a in page.assignments {
+            out.insert((a.source.clone(), a.record_id.clone()), a);
+        }
+        token = page.page.unwrap().next_page_token;
+        if token.is_empty() {
+            return out;
+        }
+    }
+}
+
+#[tokio::test]
+async fn matching_over_grpc_feeds_the_graph_keeps_households_twins_and_kinds_apart_and_reviews_decide() {
+    use pb::EntityKind as K;
+    let suite = TestSuite::start_with(rapport_testkit::SuiteOptions::services(&["identity"])).await;
+    let mut client = IdentityServiceClient::new(suite.channel().await);
+    // A synthetic population for realistic weights, then a household with twins.
+    let (background, _) = rapport_identity::matching::synth::generate(400, 8, 7);
+    let mut records: Vec<pb::SourceRecord> = background.iter().map(wire_record).collect();
+    let home = [
+        ("last_name", "Quennell"),
+        ("street", "7 Orchard Close"),
+        ("postcode", "YO1 7HH"),
+        ("city", "York"),
+        ("phone", "01904 123456"),
+    ];
+    let member = |source: &str, id: &str, extra: &[(&str, &str)]| {
+        let mut pairs = home.to_vec();
+        pairs.extend_from_slice(extra);
+        record(source, id, K::Person, &pairs)
+    };
+    let start = records.len();
+    records.extend([
+        member("crm", "t1", &[("first_name", "Harriet"), ("date_of_birth", "2001-05-09")]),
+        member("crm", "t2", &[("first_name", "Imogen"), ("date_of_birth", "2001-05-09")]),
+        member("shop", "t1", &[("first_name", "Hattie"), ("date_of_birth", "09/05/2001")]),
+        member("shop", "t2", &[("first_name", "Imogen"), ("date_of_birth", "20010509")]),
+        member("crm", "p1", &[("first_name", "Graham"), ("date_of_birth", "1968-11-30")]),
+        member("crm", "p2", &[("first_name", "Fiona"), ("date_of_birth", "1970-02-14")]),
+        member("web", "h", &[]),
+    ]);
+    // The same details as a person and as a business contact: never one customer.
+    let same = [
+        ("first_name", "Ottoline"),
+        ("last_name", "Brackenbury"),
+        ("date_of_birth", "1979-03-03"),
+        ("email", "o.brackenbury@example.org"),
+    ];
+    records.push(record("crm", "k-person", K::Person, &same));
+    records.push(record("b2b", "k-contact", K::Contact, &same));
+    let bad = records.len();
+    records.push(record("crm", "bad-1", K::Person, &[("first_name", "Ann"), ("date_of_birth", "31/02/1999")]));
+    records.push(record("crm", "bad-2", K::Person, &[("shoe_size", "5")]));
+    records.push(record("CRM!", "bad-3", K::Person, &[("first_name", "Ann")]));
+    let submitted = client
+        .submit_records(suite.admin(pb::SubmitRecordsRequest { records: records.clone() }))
+        .await
+        .unwrap()
+        .into_inner();
+    let reason = |i: usize| submitted.rejected.iter().find(|r| r.index == i as i32).map(|r| r.reason.clone());
+    assert!(reason(bad).unwrap().starts_with(&format!("records[{bad}].attributes.date_of_birth: unreadable date")));
+    assert!(reason(bad + 1).unwrap().starts_with(&format!("records[{}].attributes.shoe_size", bad + 1)));
+    assert!(reason(bad + 2).unwrap().starts_with(&format!("records[{}].source", bad + 2)));
+    for i in start..bad {
+        assert!(reason(i).is_none(), "{:?}", reason(i));
+    }
+    assert_eq!(submitted.accepted as usize + submitted.rejected.len(), records.len());
+
+    let run = finished_run(&mut client, &suite, pb::RunMatchingRequest::default()).await;
+    assert_eq!(run.state, pb::RunState::Succeeded as i32, "{}", run.error);
+    assert!(run.merges > 0 && run.possible_matches > 0 && run.clusters > 0 && !run.weights.is_empty());
+    let err = client
+        .get_matching_run(suite.admin(pb::GetMatchingRunRequest { run_id: "run_nope".into() }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    let a = assigned(&mut client, &suite).await;
+    let c = |s: &str, r: &str| a[&(s.to_string(), r.to_string())].customer_id.clone();
+    assert!(a.keys().all(|(_, r)| !r.starts_with("bad-")), "rejected records are not stored");
+    assert_eq!(c("crm", "t1"), c("shop", "t1"), "Harriet = Hattie");
+    assert_eq!(c("crm", "t2"), c("shop", "t2"));
+    let people = [c("crm", "t1"), c("crm", "t2"), c("crm", "p1"), c("crm", "p2"), c("web", "h")];
+    for i in 0..people.len() {
+        for j in i + 1..people.len() {
+            assert_ne!(people[i], people[j], "household members {i} and {j} stay apart");
+        }
+    }
+    assert_ne!(c("crm", "k-person"), c("b2b", "k-contact"), "a person and a contact never merge");
+
+    // The merge is in the graph with its evidence.
+    let explained =
+        client.explain(suite.admin(pb::ExplainRequest { customer_id: c("crm", "t1") })).await.unwrap().into_inner();
+    let merge = explained.changes.iter().find(|ch| ch.rule == "probabilistic_match").expect("a probabilistic merge");
+    assert_eq!(merge.run_id, run.run_id);
+    assert!(merge.match_weight.unwrap() > 0.0 && merge.records.len() == 2 && !merge.comparisons.is_empty());
+    assert_eq!(explained.records.len(), 2);
+
+    // CompareRecords explains why twins are not one person.
+    let t1 = &records[start];
+    let compared = client
+        .compare_records(
+            suite.admin(pb::CompareRecordsRequest { left: Some(t1.clone()), right: Some(records[start + 2].clone()) }),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    let twins = client
+        .compare_records(
+            suite.admin(pb::CompareRecordsRequest { left: Some(t1.clone()), right: Some(records[start + 1].clone()) }),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(compared.match_weight > twins.match_weight);
+    assert_ne!(twins.outcome, pb::MatchOutcome::Match as i32);
+    let first = twins.comparisons.iter().find(|x| x.attribute == "first_name").unwrap();
+    assert_eq!((first.left_value.as_str(), first.right_value.as_str()), ("harriet", "imogen"));
+    let err = client
+        .compare_records(suite.admin(pb::CompareRecordsRequest {
+            left: Some(t1.clone()),
+            right: Some(record("b2b", "x", K::Contact, &[])),
+        }))
+        .await
+        .unwrap_err();
+    assert!(err.message().starts_with("right.kind"), "{}", err.message());
+
+    // The household-only record is a possible match of its members: accept one, reject another.
+    let tasks = client
+        .list_review_tasks(suite.admin(pb::ListReviewTasksRequest { source: "web".into(), ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    let of_h: Vec<_> = tasks
+        .iter()
+        .filter(|t| [t.left.as_ref().unwrap(), t.right.as_ref().unwrap()].iter().any(|r| r.record_id == "h"))
+        .collect();
+    assert!(of_h.len() >= 2, "{} review tasks of the household record", of_h.len());
+    let other_side = |t: &pb::ReviewTask| {
+        if t.left.as_ref().unwrap().record_id == "h" { t.right_customer_id.clone() } else { t.left_customer_id.clone() }
+    };
+    let (accept, reject) = (of_h[0].clone(), of_h[1].clone());
+    let accepted = client
+        .resolve_review_task(suite.admin(pb::ResolveReviewTaskRequest {
+            task_id: accept.task_id.clone(),
+            same: true,
+            note: "called them".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(accepted.state, pb::ReviewState::Same as i32);
+    assert_eq!(accepted.left_customer_id, accepted.right_customer_id);
+    assert_eq!(accepted.decided_by, "admin");
+    let rejected = client
+        .resolve_review_task(suite.admin(pb::ResolveReviewTaskRequest {
+            task_id: reject.task_id.clone(),
+            same: false,
+            note: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rejected.state, pb::ReviewState::Different as i32);
+    assert_ne!(rejected.left_customer_id, rejected.right_customer_id);
+    let err = client
+        .resolve_review_task(suite.admin(pb::ResolveReviewTaskRequest {
+            task_id: reject.task_id.clone(),
+            same: true,
+            note: String::new(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let explained = client
+        .explain(suite.admin(pb::ExplainRequest { customer_id: accepted.left_customer_id.clone() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(explained.changes.iter().any(|ch| ch.rule == "review_same" && ch.review_task_id == accept.task_id));
+    let explained = client
+        .explain(suite.admin(pb::ExplainRequest { customer_id: rejected.left_customer_id.clone() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(explained.changes.iter().any(|ch| ch.rule == "review_different" && ch.review_task_id == reject.task_id));
+    let decided = client
+        .get_review_task(suite.admin(pb::GetReviewTaskRequest { task_id: reject.task_id.clone() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(decided.state, pb::ReviewState::Different as i32);
+
+    // A second run keeps the decision: the rejected pair stays apart and is not asked again.
+    let again = finished_run(&mut client, &suite, pb::RunMatchingRequest::default()).await;
+    assert_eq!(again.state, pb::RunState::Succeeded as i32, "{}", again.error);
+    let a = assigned(&mut client, &suite).await;
+    let h = a[&("web".to_string(), "h".to_string())].customer_id.clone();
+    assert_eq!(h, other_side(&accepted));
+    assert_ne!(h, other_side(&rejected));
+    let asked_again = client
+        .list_review_tasks(
+            suite.admin(pb::ListReviewTasksRequest { run_id: again.run_id.clone(), ..Default::default() }),
+        )
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    let pair = |t: &pb::ReviewTask| {
+        let mut p = [t.left.as_ref().unwrap().record_id.clone(), t.right.as_ref().unwrap().record_id.clone()];
+        p.sort();
+        (t.left.as_ref().unwrap().source.clone(), t.right.as_ref().unwrap().source.clone(), p)
+    };
+    assert!(asked_again.iter().all(|t| pair(t) != pair(&reject) && pair(t) != pair(&accept)));
+    let runs =
+        client.list_matching_runs(suite.admin(pb::ListMatchingRunsRequest::default())).await.unwrap().into_inner().runs;
+    assert_eq!(
+        runs.iter().map(|r| r.run_id.clone()).collect::<Vec<_>>(),
+        vec![again.run_id.clone(), run.run_id.clone()]
+    );
+    let err = client
+        .cancel_matching_run(suite.admin(pb::CancelMatchingRunRequest { run_id: run.run_id.clone() }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+
+    // Deleting records removes them from the store, not from the graph.
+    let deleted = client
+        .delete_records(suite.admin(pb::DeleteRecordsRequest {
+            records: vec![
+                pb::SourceRecordRef { source: "crm".into(), record_id: "k-person".into() },
+                pb::SourceRecordRef { source: "crm".into(), record_id: "nope".into() },
+            ],
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(deleted.deleted, 1);
+    suite.stop().await;
+}

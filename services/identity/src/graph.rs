@@ -81,6 +81,30 @@ pub struct ChangeEvidence {
     /// A match weight, for merges proposed by probabilistic matching.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub match_weight: Option<f64>,
+    /// For probabilistic merges: the matching run.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub run_id: String,
+    /// For merges and refusals decided in review: the task.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub review_task_id: String,
+    /// For probabilistic merges: the two source records (source, record id).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub records: Vec<(String, String)>,
+    /// For probabilistic merges: how each attribute compared.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub comparisons: Vec<StoredComparison>,
+}
+
+/// One attribute's comparison, kept with a probabilistic merge.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StoredComparison {
+    pub attribute: String,
+    pub level: String,
+    pub weight: f64,
+    #[serde(default)]
+    pub left: String,
+    #[serde(default)]
+    pub right: String,
 }
 
 /// One recorded change of the graph.
@@ -258,7 +282,7 @@ pub trait EventEncoder: Send + Sync {
     }
 }
 
-fn new_customer_id() -> String {
+pub(crate) fn new_customer_id() -> String {
     format!("cus_{}", uuid::Uuid::now_v7().simple())
 }
 
@@ -274,7 +298,7 @@ pub fn seeded_customer_id(seed: &str, first: &Ident, attempt: u32) -> String {
     format!("cus_{}", &hex::encode(h.finalize())[..32])
 }
 
-fn new_change_id() -> String {
+pub(crate) fn new_change_id() -> String {
     format!("chg_{}", uuid::Uuid::now_v7().simple())
 }
 
@@ -443,7 +467,13 @@ impl Graph {
         for other in owners.iter().filter(|o| **o != survivor) {
             let moved: Vec<StoredIdent> =
                 held.iter().filter(|h| &h.owner == other).map(|h| StoredIdent::from(&h.ident)).collect();
-            let change = self.merge(tx, &survivor, other, &evidence, moved, &excluded, &origin, now).await?;
+            let base = ChangeEvidence {
+                identifiers: evidence.iter().map(StoredIdent::from).collect(),
+                moved,
+                excluded: excluded.clone(),
+                ..Default::default()
+            };
+            let change = self.merge(tx, &survivor, other, "shared_identifier", base, &origin, now).await?;
             messages.push(self.events.merged(&change));
             resolved.merged.push(other.clone());
             resolved.merge_ids.push(change.id.clone());
@@ -521,15 +551,16 @@ impl Graph {
         })
     }
 
+    /// Merges `other` into `survivor` inside `tx`, recording the change with `base` as its evidence (the
+    /// aliases moved are filled in). The caller publishes the change.
     #[allow(clippy::too_many_arguments)]
-    async fn merge(
+    pub(crate) async fn merge(
         &self,
         tx: &mut Tx,
         survivor: &str,
         other: &str,
-        evidence: &[Ident],
-        moved: Vec<StoredIdent>,
-        excluded: &[Excluded],
+        rule: &str,
+        base: ChangeEvidence,
         origin: &Origin,
         now: i64,
     ) -> Result<GraphChange, Error> {
@@ -544,15 +575,9 @@ impl Graph {
             kind: "merge".into(),
             customer_id: survivor.to_string(),
             other_id: Some(other.to_string()),
-            rule: "shared_identifier".into(),
+            rule: rule.into(),
             origin: origin.clone(),
-            evidence: ChangeEvidence {
-                identifiers: evidence.iter().map(StoredIdent::from).collect(),
-                moved,
-                aliases,
-                excluded: excluded.to_vec(),
-                ..Default::default()
-            },
+            evidence: ChangeEvidence { aliases, ..base },
             undone_by: None,
             created_at: now,
         };
@@ -765,7 +790,67 @@ impl Graph {
     }
 }
 
+/// The transaction under `exec`.
+pub(crate) fn tx_of<'a>(exec: &'a mut rapport_storage::sql::Exec<'_>) -> Result<&'a mut Tx, Error> {
+    match exec {
+        rapport_storage::sql::Exec::Tx(t) => Ok(&mut **t),
+        rapport_storage::sql::Exec::Db(_) => Err(Error::internal("a graph write needs a transaction")),
+    }
+}
+
 impl Graph {
+    /// Merges `other` into `survivor` in `exec`'s transaction with `base` as the evidence; the caller
+    /// publishes the change.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn merge_customers(
+        &self,
+        exec: &mut rapport_storage::sql::Exec<'_>,
+        survivor: &str,
+        other: &str,
+        rule: &str,
+        mut base: ChangeEvidence,
+        origin: &Origin,
+        now: i64,
+    ) -> Result<GraphChange, Error> {
+        let tx = tx_of(exec)?;
+        let held = on_tx!(tx, t => identifiers_of!(&mut **t, other));
+        base.moved = held.iter().map(|h| StoredIdent::from(&h.ident)).collect();
+        self.merge(tx, survivor, other, rule, base, origin, now).await
+    }
+
+    /// Whether joining the identifiers of `a` and `b` would give one customer more identifiers of a type
+    /// than its limit.
+    pub(crate) async fn would_break_limit(
+        &self,
+        exec: &mut rapport_storage::sql::Exec<'_>,
+        a: &str,
+        b: &str,
+    ) -> Result<bool, Error> {
+        let tx = tx_of(exec)?;
+        let mut held = on_tx!(tx, t => identifiers_of!(&mut **t, a));
+        held.extend(on_tx!(tx, t => identifiers_of!(&mut **t, b)));
+        let mut counts: BTreeMap<IdType, u32> = BTreeMap::new();
+        let distinct: BTreeSet<&Ident> = held.iter().map(|h| &h.ident).collect();
+        for i in distinct {
+            *counts.entry(i.id_type).or_default() += 1;
+        }
+        Ok(counts.iter().any(|(t, n)| *n > self.settings.limit_of(*t)))
+    }
+
+    /// `a` and `b` as (older, newer): the older customer survives a merge and keeps its id.
+    pub(crate) async fn older_first(
+        &self,
+        exec: &mut rapport_storage::sql::Exec<'_>,
+        a: &str,
+        b: &str,
+    ) -> Result<(String, String), Error> {
+        let tx = tx_of(exec)?;
+        let owners = BTreeSet::from([a.to_string(), b.to_string()]);
+        let survivor = oldest(tx, &owners).await?.unwrap_or_else(|| a.to_string());
+        let other = if survivor == a { b } else { a };
+        Ok((survivor, other.to_string()))
+    }
+
     /// A new customer's id: random, or derived from `identity.customer_id_seed` and the first identifier
     /// when a seed is configured (demos and tests that must give the same ids on every run), skipping
     /// ids already taken (erased customers keep their row).
@@ -798,7 +883,7 @@ async fn oldest(tx: &mut Tx, owners: &BTreeSet<String>) -> Result<Option<String>
     Ok(best.map(|(_, id)| id))
 }
 
-async fn insert_change(tx: &mut Tx, change: &GraphChange) -> Result<(), Error> {
+pub(crate) async fn insert_change(tx: &mut Tx, change: &GraphChange) -> Result<(), Error> {
     let evidence = serde_json::to_string(&change.evidence).map_err(Error::internal)?;
     on_tx!(tx, t => sqlx::query(
         "INSERT INTO graph_changes (id, kind, customer_id, other_id, rule, source, event_id, evidence, undone_by, created_at)

@@ -25,6 +25,7 @@ pub struct Identity {
     pub(crate) normalizer: Arc<Normalizer>,
     pub(crate) outbox: Outbox,
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
+    pub(crate) runs: crate::records::Runs,
 }
 
 fn id_type_of(t: i32) -> Option<IdType> {
@@ -116,7 +117,15 @@ fn change_to_wire(c: &GraphChange) -> pb::GraphChange {
         undoes: c.evidence.undoes.clone().unwrap_or_default(),
         match_weight: c.evidence.match_weight,
         created_at: Some(timestamp(c.created_at)),
-        ..Default::default()
+        records: c
+            .evidence
+            .records
+            .iter()
+            .map(|(source, record_id)| pb::SourceRecordRef { source: source.clone(), record_id: record_id.clone() })
+            .collect(),
+        comparisons: crate::records::comparisons_to_wire(&c.evidence.comparisons),
+        run_id: c.evidence.run_id.clone(),
+        review_task_id: c.evidence.review_task_id.clone(),
     }
 }
 
@@ -295,7 +304,7 @@ impl IdentityService for Identity {
         Ok(Response::new(pb::ExplainResponse {
             customer: Some(customer_to_wire(&explained)),
             changes: explained.changes.iter().map(change_to_wire).collect(),
-            ..Default::default()
+            records: crate::records::records_of(&self.graph, &explained.customer_id).await?,
         }))
     }
 
@@ -323,6 +332,122 @@ impl IdentityService for Identity {
             split_customer_id: split_id,
             change: Some(change_to_wire(&change)),
         }))
+    }
+
+    async fn submit_records(
+        &self,
+        request: Request<pb::SubmitRecordsRequest>,
+    ) -> Result<Response<pb::SubmitRecordsResponse>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(crate::records::submit(&self.graph, &self.normalizer, &request.records).await?))
+    }
+
+    async fn delete_records(
+        &self,
+        request: Request<pb::DeleteRecordsRequest>,
+    ) -> Result<Response<pb::DeleteRecordsResponse>, Status> {
+        let request = request.into_inner();
+        let deleted = crate::records::delete(&self.graph, &request.records).await?;
+        Ok(Response::new(pb::DeleteRecordsResponse { deleted }))
+    }
+
+    async fn run_matching(
+        &self,
+        request: Request<pb::RunMatchingRequest>,
+    ) -> Result<Response<pb::MatchingRun>, Status> {
+        let caller = caller(&request);
+        let run = self.runs.start(&self.graph, request.into_inner(), caller).await?;
+        Ok(Response::new(run))
+    }
+
+    async fn get_matching_run(
+        &self,
+        request: Request<pb::GetMatchingRunRequest>,
+    ) -> Result<Response<pb::MatchingRun>, Status> {
+        let id = required_id("run_id", &request.get_ref().run_id)?;
+        Ok(Response::new(crate::records::get_run(&self.graph, id).await?))
+    }
+
+    async fn list_matching_runs(
+        &self,
+        request: Request<pb::ListMatchingRunsRequest>,
+    ) -> Result<Response<pb::ListMatchingRunsResponse>, Status> {
+        let page = request.into_inner().page.unwrap_or_default();
+        let size = rapport_rpc::convert::page_size("page.page_size", page.page_size, 50, 1000)? as usize;
+        let (runs, next) = crate::records::list_runs(&self.graph, offset_of(&page.page_token)?, size).await?;
+        Ok(Response::new(pb::ListMatchingRunsResponse {
+            runs,
+            page: Some(common::PageResponse { next_page_token: next }),
+        }))
+    }
+
+    async fn cancel_matching_run(
+        &self,
+        request: Request<pb::CancelMatchingRunRequest>,
+    ) -> Result<Response<pb::MatchingRun>, Status> {
+        let id = required_id("run_id", &request.get_ref().run_id)?;
+        Ok(Response::new(self.runs.cancel(&self.graph, id).await?))
+    }
+
+    async fn list_record_assignments(
+        &self,
+        request: Request<pb::ListRecordAssignmentsRequest>,
+    ) -> Result<Response<pb::ListRecordAssignmentsResponse>, Status> {
+        let request = request.into_inner();
+        let page = request.page.clone().unwrap_or_default();
+        let size = rapport_rpc::convert::page_size("page.page_size", page.page_size, 50, 1000)? as usize;
+        let (assignments, next) =
+            crate::records::assignments(&self.graph, &request, offset_of(&page.page_token)?, size).await?;
+        Ok(Response::new(pb::ListRecordAssignmentsResponse {
+            assignments,
+            page: Some(common::PageResponse { next_page_token: next }),
+        }))
+    }
+
+    async fn compare_records(
+        &self,
+        request: Request<pb::CompareRecordsRequest>,
+    ) -> Result<Response<pb::CompareRecordsResponse>, Status> {
+        let r = request.into_inner();
+        let out =
+            crate::records::compare_records(&self.graph, &self.normalizer, r.left.as_ref(), r.right.as_ref()).await?;
+        Ok(Response::new(out))
+    }
+
+    async fn list_review_tasks(
+        &self,
+        request: Request<pb::ListReviewTasksRequest>,
+    ) -> Result<Response<pb::ListReviewTasksResponse>, Status> {
+        let request = request.into_inner();
+        let page = request.page.clone().unwrap_or_default();
+        let size = rapport_rpc::convert::page_size("page.page_size", page.page_size, 50, 1000)? as usize;
+        let (tasks, next) =
+            crate::records::list_tasks(&self.graph, &request, offset_of(&page.page_token)?, size).await?;
+        Ok(Response::new(pb::ListReviewTasksResponse {
+            tasks,
+            page: Some(common::PageResponse { next_page_token: next }),
+        }))
+    }
+
+    async fn get_review_task(
+        &self,
+        request: Request<pb::GetReviewTaskRequest>,
+    ) -> Result<Response<pb::ReviewTask>, Status> {
+        let id = required_id("task_id", &request.get_ref().task_id)?;
+        Ok(Response::new(crate::records::get_task(&self.graph, id).await?))
+    }
+
+    async fn resolve_review_task(
+        &self,
+        request: Request<pb::ResolveReviewTaskRequest>,
+    ) -> Result<Response<pb::ReviewTask>, Status> {
+        let caller = caller(&request);
+        let r = request.into_inner();
+        let id = required_id("task_id", &r.task_id)?;
+        if r.note.chars().count() > 1000 {
+            return Err(Error::invalid("note", "longer than 1,000 characters").into());
+        }
+        Ok(Response::new(crate::records::resolve_task(&self.graph, id, r.same, r.note.trim(), &caller).await?))
     }
 
     async fn link_entities(
@@ -451,6 +576,11 @@ fn provenance(o: &Origin) -> common::Provenance {
 
 /// Outbox payloads as the protobuf events of the contract.
 pub struct ProtoEvents;
+
+/// An outbox message carrying `m`.
+pub(crate) fn event<M: Message + Name>(topic: &str, key: &str, m: &M) -> OutboxMessage {
+    message(topic, key, m)
+}
 
 fn message<M: Message + Name>(topic: &str, key: &str, m: &M) -> OutboxMessage {
     OutboxMessage::new(topic, key, M::full_name(), m.encode_to_vec())

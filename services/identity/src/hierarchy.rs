@@ -130,6 +130,9 @@ async fn child_links(exec: &mut Exec<'_>, ids: &[String]) -> Result<Vec<(String,
 
 /// The name to show for a customer: a name from its matched source records, else its first identifier.
 pub(crate) async fn display_name(exec: &mut Exec<'_>, ids: &[String]) -> Result<String, Error> {
+    if let Some(name) = crate::records::record_name(exec, ids).await? {
+        return Ok(name);
+    }
     let sql = format!(
         "SELECT id_type, namespace, value FROM identifiers WHERE customer_id IN ({}) ORDER BY first_seen, id_type, value LIMIT 1",
         placeholders(1, ids.len())

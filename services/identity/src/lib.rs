@@ -15,6 +15,7 @@ pub mod grpc;
 pub mod hierarchy;
 pub mod matching;
 pub mod normalize;
+pub mod records;
 pub mod settings;
 
 /// The service's short name: its config section, database and schema.
@@ -35,6 +36,13 @@ pub async fn mount(ctx: ServiceContext) -> anyhow::Result<Mounted> {
     let outbox = Outbox::new(ctx.db.clone());
     let graph = Graph::new(ctx.db.clone(), outbox.clone(), Arc::new(settings), Arc::new(grpc::ProtoEvents))
         .with_lookup_cache(ctx.cache.clone());
-    let service = grpc::Identity { graph, normalizer: Arc::new(normalizer), outbox, shutdown: ctx.shutdown.clone() };
+    records::Runs::recover(&graph).await?;
+    let service = grpc::Identity {
+        graph,
+        normalizer: Arc::new(normalizer),
+        outbox,
+        shutdown: ctx.shutdown.clone(),
+        runs: records::Runs::default(),
+    };
     Ok(Mounted::new(NAME, ctx.db.clone(), IdentityServiceServer::new(service)))
 }
