@@ -174,10 +174,11 @@ struct BenchArgs {
     client: ClientArgs,
     /// What to call: `ping` (the stack's floor), `resolve` (Identity.Resolve over a pool of customers),
     /// `track` (Profile.Track batches, identity included), `get-profile` (cached Profile.GetProfile) or
-    /// `check` (Consent.Check of a contact point with a recorded grant) or `freshness` (an order tracked, then
+    /// `check` (Consent.Check of a contact point with a recorded grant) or `decide` (Decision.Decide for a
+    /// web banner, the visitor named by email, over five offers) or `freshness` (an order tracked, then
     /// read back until its computed traits show it) or `send` (personalised marketing emails through
     /// Delivery.SendBatch to the configured SMTP relay, counted at the sink).
-    #[arg(value_parser = ["ping", "resolve", "track", "get-profile", "check", "freshness", "send"])]
+    #[arg(value_parser = ["ping", "resolve", "track", "get-profile", "check", "decide", "freshness", "send"])]
     target: String,
     /// Calls started per second.
     #[arg(long, default_value_t = 1000)]
@@ -443,6 +444,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "resolve" => rapport::bench::resolve_load(&spec, channels, token, args.customers).await,
         "track" => rapport::bench::profile_load(&spec, channels, token, args.customers, "track", args.batch).await,
         "check" => rapport::bench::consent_load(&spec, channels, token, args.customers).await?,
+        "decide" => rapport::bench_decide::decide_load(&spec, channels, token, args.customers).await?,
         "freshness" => rapport::bench::freshness_load(&spec, channels, token).await,
         "send" => {
             let spec = rapport::bench_send::SendSpec {

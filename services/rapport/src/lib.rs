@@ -3,6 +3,7 @@
 //! and drains on shutdown. `main.rs` is the command line around it; the testkit starts it on port 0.
 
 pub mod bench;
+pub mod bench_decide;
 pub mod bench_send;
 pub mod demo;
 pub mod diagnostics;
