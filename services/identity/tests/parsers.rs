@@ -7,16 +7,6 @@ use rapport_identity::matching::standardize::{DateOrder, parse_date};
 use rapport_identity::normalize::{IdType, Normalizer, Rejection};
 use rapport_identity::settings::IdentitySettings;
 
-const TYPES: [IdType; 7] = [
-    IdType::UserId,
-    IdType::Email,
-    IdType::Phone,
-    IdType::AnonymousId,
-    IdType::DeviceId,
-    IdType::LoyaltyId,
-    IdType::External,
-];
-
 fn normalizers() -> [Normalizer; 2] {
     let folding = IdentitySettings {
         email_fold_provider_variants: true,
@@ -32,12 +22,12 @@ proptest! {
     /// Any value of any type: normalised or refused, and a normalised value is a fixed point.
     #[test]
     fn any_identifier_is_normalised_or_refused_and_normal_forms_are_stable(
-        t in 0..TYPES.len(),
+        t in 0..IdType::ALL.len(),
         namespace in prop_oneof![Just(String::new()), Just("crm".to_string()), "\\PC{0,12}"],
         value in prop_oneof!["\\PC{0,40}", "[a-zA-Z0-9._+-]{1,12}@[a-z0-9-]{1,10}\\.[a-z]{2,4}", "\\+?[0-9 ()./-]{3,20}", any::<String>()],
     ) {
         for n in normalizers() {
-            match n.normalize(TYPES[t], &namespace, &value) {
+            match n.normalize(IdType::ALL[t], &namespace, &value) {
                 Ok(ident) => {
                     prop_assert_eq!(ident.value.trim(), ident.value.as_str());
                     prop_assert!(!ident.value.is_empty());

@@ -146,6 +146,31 @@ where
     report
 }
 
+/// A marketing grant for `contact` on `channel`, recorded now from the benchmark's web form.
+pub fn bench_grant(
+    contact: rapport_proto::common::v1::Identifier,
+    channel: rapport_proto::common::v1::Channel,
+) -> rapport_proto::consent::v1::EntryInput {
+    use rapport_proto::common::v1::{Provenance, Purpose};
+    use rapport_proto::consent::v1::{ConsentStatus, EntryInput, Proof, ProofMethod};
+    EntryInput {
+        contact_point: Some(contact),
+        channel: channel as i32,
+        purpose: Some(Purpose { name: "marketing".into() }),
+        status: ConsentStatus::Granted as i32,
+        provenance: Some(Provenance { source: "bench".into(), ..Default::default() }),
+        proof: Some(Proof {
+            notice_id: "bench".into(),
+            notice_version: "1".into(),
+            method: ProofMethod::WebForm as i32,
+            ..Default::default()
+        }),
+        occurred_at: Some(now_ts()),
+        region: "DE".into(),
+        ..Default::default()
+    }
+}
+
 /// Identity.Resolve load: each call resolves the email and loyalty id of one of `customers` synthetic
 /// customers, so after the first pass over the pool most calls find a known customer, as in production
 /// where the same people come back.
@@ -287,10 +312,7 @@ pub async fn consent_load(
 ) -> anyhow::Result<LoadReport> {
     use futures::FutureExt as _;
     use rapport_proto::common::v1::{Channel, Identifier, IdentifierType, Provenance, Purpose};
-    use rapport_proto::consent::v1::{
-        CheckRequest, ConsentStatus, EntryInput, Proof, ProofMethod, RecordRequest,
-        consent_service_client::ConsentServiceClient,
-    };
+    use rapport_proto::consent::v1::{CheckRequest, RecordRequest, consent_service_client::ConsentServiceClient};
     let contact = |who: u64| Identifier {
         r#type: IdentifierType::Email as i32,
         value: format!("consent{who}@example.com"),
@@ -310,23 +332,7 @@ pub async fn consent_load(
     let mut client = ConsentServiceClient::new(channels[0].clone());
     let mut who = 0;
     while who < customers {
-        let entries = (who..(who + 100).min(customers))
-            .map(|w| EntryInput {
-                contact_point: Some(contact(w)),
-                channel: Channel::Email as i32,
-                purpose: Some(Purpose { name: "marketing".into() }),
-                status: ConsentStatus::Granted as i32,
-                provenance: Some(Provenance { source: "bench".into(), ..Default::default() }),
-                proof: Some(Proof {
-                    notice_id: "bench".into(),
-                    notice_version: "1".into(),
-                    method: ProofMethod::WebForm as i32,
-                    ..Default::default()
-                }),
-                occurred_at: Some(now_ts()),
-                ..Default::default()
-            })
-            .collect();
+        let entries = (who..(who + 100).min(customers)).map(|w| bench_grant(contact(w), Channel::Email)).collect();
         client.record(authorized(RecordRequest { entries }, &token)).await?;
         who += 100;
     }

@@ -6,16 +6,14 @@
 use std::sync::Arc;
 
 use futures::{FutureExt as _, StreamExt as _};
-use rapport_proto::common::v1::{
-    Channel, CustomerRef, Identifier, IdentifierType, Money, Provenance, Purpose, customer_ref::Ref,
-};
+use rapport_proto::common::v1::{Channel, CustomerRef, Identifier, IdentifierType, Money, customer_ref::Ref};
 use rapport_proto::consent::v1 as consent;
 use rapport_proto::decision::v1 as pb;
 use rapport_proto::decision::v1::decision_service_client::DecisionServiceClient;
 use rapport_proto::profile::v1 as profile;
 use rapport_rpc::convert::json_to_struct;
 
-use crate::bench::{LoadReport, LoadSpec, authorized, now_ts, run};
+use crate::bench::{LoadReport, LoadSpec, authorized, bench_grant, now_ts, run};
 
 fn visitor(who: u64) -> Identifier {
     Identifier {
@@ -58,24 +56,8 @@ async fn set_up(channel: &tonic::transport::Channel, token: &str, customers: u64
     }
     let mut consents = consent::consent_service_client::ConsentServiceClient::new(channel.clone());
     for first in (0..customers).step_by(100) {
-        let entries = (first..(first + 100).min(customers))
-            .map(|who| consent::EntryInput {
-                contact_point: Some(visitor(who)),
-                channel: Channel::Web as i32,
-                purpose: Some(Purpose { name: "marketing".into() }),
-                status: consent::ConsentStatus::Granted as i32,
-                provenance: Some(Provenance { source: "bench".into(), ..Default::default() }),
-                proof: Some(consent::Proof {
-                    notice_id: "bench".into(),
-                    notice_version: "1".into(),
-                    method: consent::ProofMethod::WebForm as i32,
-                    ..Default::default()
-                }),
-                occurred_at: Some(now_ts()),
-                region: "DE".into(),
-                ..Default::default()
-            })
-            .collect();
+        let entries =
+            (first..(first + 100).min(customers)).map(|who| bench_grant(visitor(who), Channel::Web)).collect();
         consents
             .record(authorized(consent::RecordRequest { entries }, token))
             .await
