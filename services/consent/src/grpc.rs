@@ -30,7 +30,7 @@ pub struct Consent {
 }
 
 /// The name of the authenticated caller.
-fn caller<T>(request: &Request<T>) -> String {
+pub(crate) fn caller<T>(request: &Request<T>) -> String {
     rapport_auth::Principal::of(request).map(|p| p.name.clone()).unwrap_or_else(|| "unknown".into())
 }
 
@@ -58,7 +58,7 @@ fn optional_time(field: &str, t: Option<&prost_types::Timestamp>) -> Result<Opti
     t.map(|t| millis(t).ok_or_else(|| Error::invalid(field, "is out of range"))).transpose()
 }
 
-fn ttl(field: &str, d: Option<&prost_types::Duration>, default_s: i64, max_s: i64) -> Result<i64, Error> {
+pub(crate) fn ttl(field: &str, d: Option<&prost_types::Duration>, default_s: i64, max_s: i64) -> Result<i64, Error> {
     let s = match d {
         None => default_s,
         Some(d) if d.seconds <= 0 || d.seconds > max_s => {
@@ -69,7 +69,7 @@ fn ttl(field: &str, d: Option<&prost_types::Duration>, default_s: i64, max_s: i6
     Ok(s * 1000)
 }
 
-fn provenance(field: &str, p: Option<&common::Provenance>) -> Result<common::Provenance, Error> {
+pub(crate) fn provenance(field: &str, p: Option<&common::Provenance>) -> Result<common::Provenance, Error> {
     match p {
         Some(p) if !p.source.trim().is_empty() => {
             if p.source.len() > 128 || p.source_record_id.len() > 256 || p.actor.len() > 128 {
@@ -85,7 +85,11 @@ fn provenance(field: &str, p: Option<&common::Provenance>) -> Result<common::Pro
     }
 }
 
-fn proof(field: &str, p: Option<&pb::Proof>, default_method: Option<pb::ProofMethod>) -> Result<pb::Proof, Error> {
+pub(crate) fn proof(
+    field: &str,
+    p: Option<&pb::Proof>,
+    default_method: Option<pb::ProofMethod>,
+) -> Result<pb::Proof, Error> {
     let mut p = match (p, default_method) {
         (Some(p), _) => p.clone(),
         (None, Some(_)) => pb::Proof::default(),
@@ -129,7 +133,7 @@ fn region(field: &str, r: &str) -> Result<String, Error> {
 }
 
 impl Consent {
-    fn purpose(&self, field: &str, p: Option<&common::Purpose>) -> Result<String, Error> {
+    pub(crate) fn purpose(&self, field: &str, p: Option<&common::Purpose>) -> Result<String, Error> {
         let field = format!("{field}.name");
         let name = p.map(|p| p.name.trim()).unwrap_or_default();
         if name.is_empty() {
@@ -151,7 +155,7 @@ impl Consent {
     }
 
     /// The customer a reference names: `Ok(None)` when an identifier is held by nobody.
-    async fn customer(&self, field: &str, r: Option<&common::CustomerRef>) -> Result<Option<String>, Error> {
+    pub(crate) async fn customer(&self, field: &str, r: Option<&common::CustomerRef>) -> Result<Option<String>, Error> {
         match r.and_then(|r| r.r#ref.as_ref()) {
             None => Ok(None),
             Some(common::customer_ref::Ref::CustomerId(id)) => {
@@ -283,7 +287,7 @@ impl Consent {
         })
     }
 
-    async fn refuse_erased(&self, field: &str, customer: &str) -> Result<(), Error> {
+    pub(crate) async fn refuse_erased(&self, field: &str, customer: &str) -> Result<(), Error> {
         if !customer.is_empty() && self.store.erased(&mut Exec::Db(&self.store.db), &[customer.to_string()]).await? {
             return Err(Error::new(ErrorCode::FailedPrecondition, format!("{field}: the customer was erased")));
         }
@@ -324,7 +328,7 @@ impl Consent {
 
     /// Check's answer for a resolved customer and contact point: from the cached ledger read when the
     /// ledger has not changed since it was made, else from the database.
-    async fn decide(
+    pub(crate) async fn decide(
         &self,
         customer: &str,
         cp: Option<Cp>,
@@ -413,11 +417,15 @@ impl Consent {
     }
 
     fn claims_response(&self, claims: &Claims, used: bool) -> pb::DescribeTokenResponse {
-        let kind = if claims.k == "doi" { pb::TokenKind::DoubleOptIn } else { pb::TokenKind::Unsubscribe };
+        let kind = match claims.k.as_str() {
+            "doi" => pb::TokenKind::DoubleOptIn,
+            crate::preferences::TOKEN_KIND => pb::TokenKind::Preferences,
+            _ => pb::TokenKind::Unsubscribe,
+        };
         let expired = claims.exp <= now_millis();
         pb::DescribeTokenResponse {
             kind: kind as i32,
-            masked_contact_point: mask(&claims.cv),
+            masked_contact_point: if claims.cv.is_empty() { String::new() } else { mask(&claims.cv) },
             channel: claims.ch,
             purposes: claims.p.iter().map(|p| common::Purpose { name: p.clone() }).collect(),
             expires_at: Some(timestamp(claims.exp)),
@@ -426,7 +434,7 @@ impl Consent {
         }
     }
 
-    /// Describes a token of either kind without spending it.
+    /// Describes a token of any kind without spending it.
     pub async fn describe(&self, token: &str) -> Result<pb::DescribeTokenResponse, Error> {
         if token.trim().is_empty() {
             return Err(Error::invalid("token", "is required"));
@@ -436,6 +444,7 @@ impl Consent {
             .signer
             .verify(token, "unsub")
             .or_else(|_| self.store.signer.verify(token, "doi"))
+            .or_else(|_| self.store.signer.verify(token, crate::preferences::TOKEN_KIND))
             .map_err(|e| e.to_error())?;
         let used = self.store.is_spent(&claims.id).await?;
         Ok(self.claims_response(&claims, used))
@@ -547,6 +556,78 @@ impl Consent {
     }
 }
 
+/// A double opt-in to start: PENDING entries of a contact point on a channel for purposes, under a new
+/// single-use confirmation token. StartDoubleOptIn and the preference centre's grants start them.
+pub(crate) struct DoubleOptIn {
+    pub customer: String,
+    pub cp: Cp,
+    pub channel: i32,
+    pub purposes: Vec<String>,
+    pub provenance: common::Provenance,
+    pub proof: pb::Proof,
+    pub occurred_at: i64,
+    /// Token lifetime, milliseconds.
+    pub ttl: i64,
+    pub region: String,
+}
+
+impl DoubleOptIn {
+    /// The token's claims and the PENDING entries to record, one per purpose.
+    pub fn claims_and_entries(self, now: i64) -> (Claims, Vec<NewEntry>) {
+        let claims = Claims {
+            k: "doi".into(),
+            id: format!("tok_{}", uuid::Uuid::now_v7().simple()),
+            ct: self.cp.t,
+            cv: self.cp.v.clone(),
+            ch: self.channel,
+            p: self.purposes.clone(),
+            c: self.customer.clone(),
+            exp: now + self.ttl,
+            m: String::new(),
+            d: String::new(),
+            r: self.region.clone(),
+        };
+        let entries = self
+            .purposes
+            .into_iter()
+            .map(|purpose| NewEntry {
+                customer_id: self.customer.clone(),
+                cp: self.cp.clone(),
+                channel: self.channel,
+                purpose,
+                status: pb::ConsentStatus::Pending,
+                legal_basis: pb::LegalBasis::Consent as i32,
+                provenance: self.provenance.clone(),
+                proof: self.proof.clone(),
+                occurred_at: self.occurred_at,
+                expires_at: None,
+                region: self.region.clone(),
+                token_id: claims.id.clone(),
+                idempotency_key: String::new(),
+            })
+            .collect();
+        (claims, entries)
+    }
+}
+
+impl Consent {
+    /// What StartDoubleOptIn answers for a recorded double opt-in.
+    pub(crate) fn double_opt_in_response(
+        &self,
+        claims: &Claims,
+        pending: Vec<pb::ConsentEntry>,
+    ) -> pb::StartDoubleOptInResponse {
+        let token = self.store.signer.sign(claims);
+        pb::StartDoubleOptInResponse {
+            pending,
+            confirm_url: format!("{}/consent/confirm?token={token}", self.store.base_url),
+            token,
+            expires_at: Some(timestamp(claims.exp)),
+            token_id: claims.id.clone(),
+        }
+    }
+}
+
 /// The entries a spent token records: one per purpose it names, on its contact point and channel.
 fn token_entries(
     claims: &Claims,
@@ -598,7 +679,7 @@ fn token_used(claims: &Claims, kind: pb::TokenUseKind, customer: &str) -> rappor
 
 use rapport_proto::identity::v1 as pb_identity;
 
-fn status_error(s: Status) -> Error {
+pub(crate) fn status_error(s: Status) -> Error {
     let code = match s.code() {
         tonic::Code::Unavailable => ErrorCode::Unavailable,
         tonic::Code::NotFound => ErrorCode::NotFound,
@@ -846,7 +927,11 @@ impl ConsentService for Consent {
             opt_out_regions: s.opt_out_regions.clone(),
             default_region: s.default_region.clone(),
             merge_policy: s.merge_policy.clone(),
-            double_opt_in_channels: vec![],
+            double_opt_in_channels: s
+                .double_opt_in_channels
+                .iter()
+                .filter_map(|c| crate::settings::channel_number(c))
+                .collect(),
             double_opt_in_ttl_seconds: s.double_opt_in_ttl_seconds,
             unsubscribe_ttl_seconds: s.unsubscribe_ttl_seconds,
             request_deadline_days: s.request_deadline_days,
@@ -1114,46 +1199,10 @@ impl ConsentService for Consent {
         let region = region("region", &r.region)?;
         let customer = self.person("customer", r.customer.as_ref(), Some(&cp)).await?.unwrap_or_default();
         self.refuse_erased("customer", &customer).await?;
-        let claims = Claims {
-            k: "doi".into(),
-            id: format!("tok_{}", uuid::Uuid::now_v7().simple()),
-            ct: cp.t,
-            cv: cp.v.clone(),
-            ch: channel,
-            p: purposes.clone(),
-            c: customer.clone(),
-            exp: now + ttl,
-            m: String::new(),
-            d: String::new(),
-            r: region.clone(),
-        };
-        let entries = purposes
-            .iter()
-            .map(|p| NewEntry {
-                customer_id: customer.clone(),
-                cp: cp.clone(),
-                channel,
-                purpose: p.clone(),
-                status: pb::ConsentStatus::Pending,
-                legal_basis: pb::LegalBasis::Consent as i32,
-                provenance: provenance.clone(),
-                proof: proof.clone(),
-                occurred_at,
-                expires_at: None,
-                region: region.clone(),
-                token_id: claims.id.clone(),
-                idempotency_key: String::new(),
-            })
-            .collect();
+        let start = DoubleOptIn { customer, cp, channel, purposes, provenance, proof, occurred_at, ttl, region };
+        let (claims, entries) = start.claims_and_entries(now);
         let pending = self.store.record(&caller, entries).await?;
-        let token = self.store.signer.sign(&claims);
-        Ok(Response::new(pb::StartDoubleOptInResponse {
-            pending: pending.into_iter().map(|a| a.entry).collect(),
-            confirm_url: format!("{}/consent/confirm?token={token}", self.store.base_url),
-            token,
-            expires_at: Some(timestamp(claims.exp)),
-            token_id: claims.id,
-        }))
+        Ok(Response::new(self.double_opt_in_response(&claims, pending.into_iter().map(|a| a.entry).collect())))
     }
 
     async fn confirm_double_opt_in(
@@ -1207,6 +1256,35 @@ impl ConsentService for Consent {
         let r = request.into_inner();
         let occurred = optional_time("occurred_at", r.occurred_at.as_ref())?;
         Ok(Response::new(self.unsubscribe_with(&r.token, r.proof.as_ref(), occurred).await?))
+    }
+
+    async fn issue_preference_token(
+        &self,
+        request: Request<pb::IssuePreferenceTokenRequest>,
+    ) -> Result<Response<pb::IssuePreferenceTokenResponse>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(self.issue_preference_token_with(r.customer.as_ref(), r.ttl.as_ref()).await?))
+    }
+
+    async fn get_preferences(
+        &self,
+        request: Request<pb::GetPreferencesRequest>,
+    ) -> Result<Response<pb::Preferences>, Status> {
+        let subject = self.preference_subject(request.into_inner().subject.as_ref()).await?;
+        Ok(Response::new(self.preferences(&subject).await?))
+    }
+
+    async fn update_preferences(
+        &self,
+        request: Request<pb::UpdatePreferencesRequest>,
+    ) -> Result<Response<pb::UpdatePreferencesResponse>, Status> {
+        let caller = caller(&request);
+        let r = request.into_inner();
+        let subject = self.preference_subject(r.subject.as_ref()).await?;
+        let changes = self.preference_changes(&subject, &r.changes).await?;
+        Ok(Response::new(
+            self.update_preferences_with(&caller, &subject, changes, r.proof.as_ref(), r.provenance.as_ref()).await?,
+        ))
     }
 
     async fn describe_token(

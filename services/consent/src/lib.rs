@@ -1,6 +1,6 @@
 //! The consent service: a provable, append-only ledger of permissions, the Check made before every
-//! contact, suppressions, double opt-in and unsubscribe tokens, and consent that follows the person
-//! through identity's merges and splits.
+//! contact, suppressions, double opt-in and unsubscribe tokens, the preference centre, and consent that
+//! follows the person through identity's merges and splits.
 
 use std::sync::Arc;
 
@@ -21,6 +21,7 @@ pub mod grpc;
 pub mod http;
 pub mod ledger;
 pub mod normalize;
+pub mod preferences;
 pub mod settings;
 pub mod sql;
 pub mod store;

@@ -28,6 +28,12 @@ pub struct ConsentSettings {
     pub double_opt_in_ttl_seconds: i64,
     /// Default lifetime of unsubscribe tokens, in seconds (90 days).
     pub unsubscribe_ttl_seconds: i64,
+    /// Default lifetime of preference-centre tokens, in seconds (30 days).
+    pub preference_ttl_seconds: i64,
+    /// Channels the preference centre offers switches for (lower-case channel names, e.g. "email").
+    pub preference_channels: Vec<String>,
+    /// Channels on which a grant made in the preference centre goes through double opt-in.
+    pub double_opt_in_channels: Vec<String>,
     /// The HMAC key of tokens. Empty: a key generated on first start and kept in the service database.
     pub token_secret: String,
     /// The public base URL of the HTTP port for links in messages. Empty: `http://<server.http_listen>`.
@@ -54,6 +60,9 @@ impl Default for ConsentSettings {
             phone_default_region: "US".into(),
             double_opt_in_ttl_seconds: 7 * 24 * 3600,
             unsubscribe_ttl_seconds: 90 * 24 * 3600,
+            preference_ttl_seconds: 30 * 24 * 3600,
+            preference_channels: ["email", "sms", "push", "phone_call", "direct_mail"].map(String::from).to_vec(),
+            double_opt_in_channels: vec![],
             token_secret: String::new(),
             public_base_url: String::new(),
             request_deadline_days: 30,
@@ -114,6 +123,21 @@ impl ConsentSettings {
         if self.unsubscribe_ttl_seconds <= 0 {
             return Err("consent.unsubscribe_ttl_seconds: must be positive".into());
         }
+        if self.preference_ttl_seconds <= 0 || self.preference_ttl_seconds > PREFERENCE_TTL_MAX_SECONDS {
+            return Err("consent.preference_ttl_seconds: must be between 1 second and 1 year".into());
+        }
+        for (key, list) in [
+            ("preference_channels", &self.preference_channels),
+            ("double_opt_in_channels", &self.double_opt_in_channels),
+        ] {
+            for (i, c) in list.iter().enumerate() {
+                if channel_number(c).is_none() {
+                    return Err(format!(
+                        "consent.{key}[{i}]: `{c}` is not a channel (email, sms, push, phone_call, ...)"
+                    ));
+                }
+            }
+        }
         for (purpose, tcf) in &self.tcf_purposes {
             if !self.purposes.contains(purpose) {
                 return Err(format!("consent.tcf_purposes.{purpose}: `{purpose}` is not in consent.purposes"));
@@ -138,6 +162,18 @@ impl ConsentSettings {
         if self.merge_policy == "most_recent" { MergePolicy::MostRecent } else { MergePolicy::MostRestrictive }
     }
 
+    /// The channels the preference centre offers, as numbers, in configuration order.
+    pub fn preference_channel_numbers(&self) -> Vec<i32> {
+        let mut out: Vec<i32> = self.preference_channels.iter().filter_map(|c| channel_number(c)).collect();
+        out.dedup();
+        out
+    }
+
+    /// Whether a grant on `channel` (a number) goes through double opt-in.
+    pub fn needs_double_opt_in(&self, channel: i32) -> bool {
+        self.double_opt_in_channels.iter().any(|c| channel_number(c) == Some(channel))
+    }
+
     /// Whether `purpose` is allowed unless suppressed.
     pub fn is_service(&self, purpose: &str) -> bool {
         self.service_purposes.iter().any(|p| p == purpose)
@@ -160,6 +196,18 @@ impl ConsentSettings {
             return true;
         }
         self.default_regime == "opt_out"
+    }
+}
+
+/// The longest a preference-centre token may live: one year.
+pub const PREFERENCE_TTL_MAX_SECONDS: i64 = 366 * 24 * 3600;
+
+/// The number of a channel named in configuration ("email", "phone_call"): `CHANNEL_<NAME>`.
+pub fn channel_number(name: &str) -> Option<i32> {
+    let name = name.trim().to_ascii_uppercase();
+    match rapport_proto::common::v1::Channel::from_str_name(&format!("CHANNEL_{name}")) {
+        Some(rapport_proto::common::v1::Channel::Unspecified) | None => None,
+        Some(c) => Some(c as i32),
     }
 }
 
@@ -196,6 +244,12 @@ mod tests {
         assert!(bad.validate().unwrap_err().starts_with("consent.tcf_purposes.marketing"));
         let bad = ConsentSettings { gpc_purposes: vec!["ads".into()], ..Default::default() };
         assert!(bad.validate().unwrap_err().starts_with("consent.gpc_purposes[0]"));
+        let bad = ConsentSettings { double_opt_in_channels: vec!["pigeon".into()], ..Default::default() };
+        assert!(bad.validate().unwrap_err().starts_with("consent.double_opt_in_channels[0]"));
+        let bad = ConsentSettings { preference_ttl_seconds: 400 * 24 * 3600, ..Default::default() };
+        assert!(bad.validate().unwrap_err().starts_with("consent.preference_ttl_seconds"));
+        let s = ConsentSettings { double_opt_in_channels: vec!["email".into()], ..Default::default() };
+        assert!(s.needs_double_opt_in(1) && !s.needs_double_opt_in(2));
         assert!(ConsentSettings::default().validate().is_ok());
     }
 }

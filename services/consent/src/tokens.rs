@@ -1,5 +1,6 @@
 //! Signed tokens: a URL-safe base64 JSON claim set and an HMAC-SHA256 over it. Double opt-in and
-//! unsubscribe tokens are single use; their ids are recorded when spent.
+//! unsubscribe tokens are single use; their ids are recorded when spent. Preference tokens are reusable
+//! until they expire and name only a customer.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -9,7 +10,7 @@ use sha2::{Digest, Sha256};
 /// What a token says. Short keys keep tokens under 512 characters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
-    /// Kind: "doi" (double opt-in) or "unsub" (unsubscribe).
+    /// Kind: "doi" (double opt-in), "unsub" (unsubscribe) or "pref" (preference centre).
     pub k: String,
     /// Token id ("tok_…"), recorded on entries and when spent.
     pub id: String,
@@ -114,6 +115,13 @@ impl Signer {
         format!("{body}.{mac}")
     }
 
+    /// A short keyed tag of `value` (16 URL-safe characters): names a contact point in a page's form
+    /// without showing it, and cannot be computed without the key.
+    pub fn tag(&self, value: &str) -> String {
+        let mac = hmac_sha256(&self.key, format!("tag:{value}").as_bytes());
+        URL_SAFE_NO_PAD.encode(&mac[..12])
+    }
+
     /// The claims of `token` if it is ours, unaltered and of `kind` (expiry is checked separately).
     pub fn verify(&self, token: &str, kind: &str) -> Result<Claims, TokenError> {
         let (body, mac) = token.trim().split_once('.').ok_or(TokenError::BadSignature)?;
@@ -188,6 +196,14 @@ mod tests {
         let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&altered).unwrap());
         assert_eq!(s.verify(&format!("{body}.{mac}"), "unsub"), Err(TokenError::BadSignature));
         assert_eq!(s.verify("garbage", "unsub"), Err(TokenError::BadSignature));
+    }
+
+    #[test]
+    fn tags_are_keyed_and_stable() {
+        let s = Signer::new(b"0123456789abcdef".to_vec());
+        assert_eq!(s.tag("2:ann@example.com"), s.tag("2:ann@example.com"));
+        assert_eq!(s.tag("x").len(), 16);
+        assert_ne!(s.tag("2:ann@example.com"), Signer::new(b"fedcba9876543210".to_vec()).tag("2:ann@example.com"));
     }
 
     #[test]
