@@ -700,3 +700,336 @@ async fn data_subject_requests_export_and_erase_across_the_services() {
     assert_eq!(erasures.requests[0].request_id, erasure.request_id);
     suite.stop().await;
 }
+
+fn by_id(customer_id: &str) -> Option<CustomerRef> {
+    Some(CustomerRef { r#ref: Some(Ref::CustomerId(customer_id.into())) })
+}
+
+fn subject_token(token: &str) -> Option<pb::PreferenceSubject> {
+    Some(pb::PreferenceSubject { subject: Some(pb::preference_subject::Subject::Token(token.into())) })
+}
+
+fn subject_customer(customer_id: &str) -> Option<pb::PreferenceSubject> {
+    Some(pb::PreferenceSubject {
+        subject: Some(pb::preference_subject::Subject::Customer(by_id(customer_id).unwrap())),
+    })
+}
+
+fn switch(channel: Channel, purpose_name: &str, cp: Option<Identifier>, allow: bool) -> pb::PreferenceChange {
+    pb::PreferenceChange { channel: channel as i32, purpose: purpose(purpose_name), contact_point: cp, allow }
+}
+
+async fn update(
+    suite: &TestSuite,
+    c: &mut ConsentServiceClient<GrpcChannel>,
+    subject: Option<pb::PreferenceSubject>,
+    changes: Vec<pb::PreferenceChange>,
+) -> Result<pb::UpdatePreferencesResponse, tonic::Status> {
+    c.update_preferences(suite.admin(pb::UpdatePreferencesRequest { subject, changes, ..Default::default() }))
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn history_len(suite: &TestSuite, c: &mut ConsentServiceClient<GrpcChannel>, customer_id: &str) -> usize {
+    let r = pb::HistoryRequest { customer: by_id(customer_id), ..Default::default() };
+    c.history(suite.admin(r)).await.unwrap().into_inner().entries.len()
+}
+
+/// The row of `channel` and `purpose` for the contact point of type `t` (0: customer-wide).
+fn row(p: &pb::Preferences, channel: Channel, purpose_name: &str, t: IdentifierType) -> pb::Preference {
+    p.preferences
+        .iter()
+        .find(|r| {
+            r.channel == channel as i32
+                && r.purpose.as_ref().is_some_and(|x| x.name == purpose_name)
+                && r.contact_point.as_ref().map_or(0, |c| c.r#type) == t as i32
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("no row {channel:?} {purpose_name} {t:?} in {p:?}"))
+}
+
+#[tokio::test]
+async fn the_preference_centre_switches_what_check_answers() {
+    let config = "[consent]\ndouble_opt_in_channels = [\"sms\"]\n";
+    let suite = TestSuite::start_with(SuiteOptions::default().config(config)).await;
+    let channel = suite.channel().await;
+    let mut consent = ConsentServiceClient::new(channel.clone());
+    let kim = email("kim@example.com");
+    let kim_phone = phone("+14155552671");
+    let customer = resolve(&suite, &channel, vec![kim.clone(), kim_phone.clone()]).await.customer_id;
+
+    // A reusable token, linked on the HTTP port; a ttl over a year, no customer or an unknown one refused.
+    let issued = consent
+        .issue_preference_token(suite.admin(pb::IssuePreferenceTokenRequest { customer: by(kim.clone()), ttl: None }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(issued.url.contains("/consent/preferences?token="), "{}", issued.url);
+    let described =
+        consent.describe_token(suite.admin(pb::DescribeTokenRequest { token: issued.token.clone() })).await.unwrap();
+    let described = described.into_inner();
+    assert_eq!((described.kind, described.valid), (pb::TokenKind::Preferences as i32, true), "{described:?}");
+    let days = (issued.expires_at.unwrap().seconds - rapport_storage::now_millis() / 1000) / 86_400;
+    assert!((29..=30).contains(&days), "30 days by default: {days}");
+    let too_long = prost_types::Duration { seconds: 400 * 86_400, nanos: 0 };
+    let err = consent
+        .issue_preference_token(
+            suite.admin(pb::IssuePreferenceTokenRequest { customer: by_id(&customer), ttl: Some(too_long) }),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("ttl:"), "{}", err.message());
+    let err =
+        consent.issue_preference_token(suite.admin(pb::IssuePreferenceTokenRequest::default())).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("customer"), "{}", err.message());
+    let err = consent
+        .issue_preference_token(
+            suite.admin(pb::IssuePreferenceTokenRequest { customer: by(email("nobody@example.com")), ttl: None }),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().starts_with("customer"), "{}", err.message());
+    let err = consent
+        .issue_preference_token(
+            suite.admin(pb::IssuePreferenceTokenRequest { customer: by_id("cus_unknown"), ttl: None }),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{}", err.message());
+
+    // By customer: customer-wide rows per offered channel and purpose (service purposes are no switch),
+    // plus the email's and the phone's rows on the channels that reach them; all as Check answers.
+    let get = |subject| pb::GetPreferencesRequest { subject };
+    let by_customer =
+        consent.get_preferences(suite.admin(get(subject_customer(&customer)))).await.unwrap().into_inner();
+    assert_eq!(by_customer.customer_id, customer);
+    assert_eq!(by_customer.preferences.len(), 5 * 3 + 3 + 2 * 3, "{by_customer:?}");
+    assert!(by_customer.preferences.iter().all(|r| !r.allowed && r.status == 0 && r.entry_id.is_empty()));
+    assert!(!by_customer.preferences.iter().any(|r| r.purpose.as_ref().unwrap().name == "service_messages"));
+    let email_row = row(&by_customer, Channel::Email, "marketing", IdentifierType::Email);
+    assert_eq!(email_row.contact_point.unwrap().value, "kim@example.com");
+    // By token: the same rows, contact points masked.
+    let by_token = consent.get_preferences(suite.admin(get(subject_token(&issued.token)))).await.unwrap().into_inner();
+    assert_eq!(by_token.preferences.len(), by_customer.preferences.len());
+    let shown = row(&by_token, Channel::Email, "marketing", IdentifierType::Email).contact_point.unwrap();
+    assert_eq!(shown.value, "k***@example.com");
+    assert!(!format!("{by_token:?}").contains("kim@example.com") && !format!("{by_token:?}").contains("5552671"));
+
+    // Grants through the token (the contact point named as the page shows it): Check allows at once.
+    let granted = update(
+        &suite,
+        &mut consent,
+        subject_token(&issued.token),
+        vec![
+            switch(Channel::Email, "marketing", Some(shown.clone()), true),
+            switch(Channel::Email, "analytics", None, true),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(granted.entries.len(), 2, "{granted:?}");
+    for e in &granted.entries {
+        assert_eq!(e.status, pb::ConsentStatus::Granted as i32);
+        assert_eq!(e.proof.as_ref().unwrap().method, pb::ProofMethod::PreferenceCentre as i32);
+        assert_eq!(e.provenance.as_ref().unwrap().source, "preference_centre");
+        assert_eq!(e.customer_id, customer);
+    }
+    let allowed = ask(&suite, &mut consent, check(kim.clone(), "marketing", "DE")).await;
+    assert!(allowed.allowed, "{allowed:?}");
+    assert_eq!(allowed.entry.unwrap().entry_id, granted.entries[0].entry_id);
+    let after = granted.preferences.unwrap();
+    let on = row(&after, Channel::Email, "marketing", IdentifierType::Email);
+    assert!(on.allowed && on.status == pb::ConsentStatus::Granted as i32 && on.entry_id == granted.entries[0].entry_id);
+    assert!(row(&after, Channel::Email, "analytics", IdentifierType::Unspecified).allowed);
+
+    // Unchanged switches record nothing.
+    let before = history_len(&suite, &mut consent, &customer).await;
+    let unchanged = vec![
+        switch(Channel::Email, "marketing", Some(kim.clone()), true),
+        switch(Channel::Push, "marketing", None, false),
+    ];
+    let same = update(&suite, &mut consent, subject_customer(&customer), unchanged).await.unwrap();
+    assert!(same.entries.is_empty(), "{same:?}");
+    assert_eq!(history_len(&suite, &mut consent, &customer).await, before);
+
+    // A withdrawal is seen by the very next Check (the previous Check's read was cached).
+    let off = vec![switch(Channel::Email, "marketing", Some(kim.clone()), false)];
+    let withdrawn = update(&suite, &mut consent, subject_customer(&customer), off).await.unwrap();
+    assert_eq!(withdrawn.entries.len(), 1);
+    assert_eq!(withdrawn.entries[0].status, pb::ConsentStatus::Withdrawn as i32);
+    let denied = ask(&suite, &mut consent, check(kim.clone(), "marketing", "DE")).await;
+    assert!(!denied.allowed);
+    assert_eq!(denied.reason, pb::CheckReason::Withdrawn as i32);
+    // Published as Record publishes: consent.recorded per entry, the withdrawal changing the state.
+    let topics = vec!["consent.recorded".to_string()];
+    let mut feed = consent
+        .subscribe(suite.admin(rapport_proto::common::v1::SubscribeRequest { topics, ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut published = Vec::new();
+    while published.len() < 3 {
+        let record = tokio::time::timeout(Duration::from_secs(10), feed.message()).await.unwrap().unwrap().unwrap();
+        let event = <pb::ConsentRecorded as prost::Message>::decode(record.payload.unwrap().value.as_slice()).unwrap();
+        assert_eq!(record.key, customer);
+        published.push(event);
+    }
+    let ids: Vec<&str> = published.iter().map(|e| e.entry.as_ref().unwrap().entry_id.as_str()).collect();
+    assert_eq!(ids, [&granted.entries[0].entry_id, &granted.entries[1].entry_id, &withdrawn.entries[0].entry_id]);
+    assert!(published[2].changed_state && !published[2].allowed);
+
+    // A grant on a double opt-in channel is PENDING under a confirmation token; confirming grants it.
+    let sms_on = vec![switch(Channel::Sms, "marketing", Some(kim_phone.clone()), true)];
+    let sms = update(&suite, &mut consent, subject_customer(&customer), sms_on).await.unwrap();
+    assert_eq!(sms.entries.len(), 1);
+    assert_eq!(sms.entries[0].status, pb::ConsentStatus::Pending as i32);
+    assert_eq!(sms.double_opt_ins.len(), 1);
+    assert!(sms.double_opt_ins[0].confirm_url.contains("/consent/confirm?token="));
+    let sms_check = |cp: Identifier| pb::CheckRequest {
+        contact_point: Some(cp),
+        channel: Channel::Sms as i32,
+        purpose: purpose("marketing"),
+        ..Default::default()
+    };
+    let pending = ask(&suite, &mut consent, sms_check(kim_phone.clone())).await;
+    assert_eq!(pending.reason, pb::CheckReason::Pending as i32, "{pending:?}");
+    let err =
+        update(&suite, &mut consent, subject_customer(&customer), vec![switch(Channel::Sms, "analytics", None, true)])
+            .await
+            .unwrap_err();
+    assert!(err.message().starts_with("changes[0].contact_point"), "{}", err.message());
+    consent
+        .confirm_double_opt_in(
+            suite.admin(pb::ConfirmDoubleOptInRequest {
+                token: sms.double_opt_ins[0].token.clone(),
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap();
+    assert!(ask(&suite, &mut consent, sms_check(kim_phone.clone())).await.allowed);
+
+    // Bad requests name the field and record nothing.
+    let before = history_len(&suite, &mut consent, &customer).await;
+    let one = switch(Channel::Email, "marketing", None, true);
+    for (changes, field) in [
+        (vec![], "changes"),
+        (vec![one.clone(); 101], "changes"),
+        (vec![pb::PreferenceChange { channel: 99, ..one.clone() }], "changes[0].channel"),
+        (vec![switch(Channel::Email, "ads", None, true)], "changes[0].purpose.name"),
+        (vec![switch(Channel::Email, "marketing", Some(email("eve@example.com")), true)], "changes[0].contact_point"),
+        (vec![switch(Channel::Sms, "marketing", Some(kim.clone()), false)], "changes[0].channel"),
+        (vec![one.clone(), one.clone()], "changes[1]"),
+    ] {
+        let err = update(&suite, &mut consent, subject_customer(&customer), changes).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {}", err.message());
+        assert!(err.message().starts_with(&format!("{field}:")), "{field}: {}", err.message());
+    }
+
+    // A forged or altered token and an expired one: refused naming `token`, nothing recorded.
+    let mut altered = issued.token.clone().into_bytes();
+    let last = altered.len() - 2;
+    altered[last] = if altered[last] == b'A' { b'B' } else { b'A' };
+    let altered = String::from_utf8(altered).unwrap();
+    let unsubscribe_token = consent
+        .issue_unsubscribe_token(suite.admin(pb::IssueUnsubscribeTokenRequest {
+            contact_point: Some(kim.clone()),
+            channel: Channel::Email as i32,
+            purpose: purpose("marketing"),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    for forged in [altered, unsubscribe_token, "garbage".to_string()] {
+        let err = update(&suite, &mut consent, subject_token(&forged), vec![one.clone()]).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+        assert!(err.message().starts_with("token:"), "{}", err.message());
+        let err = consent.get_preferences(suite.admin(get(subject_token(&forged)))).await.unwrap_err();
+        assert!(err.message().starts_with("token:"), "{}", err.message());
+    }
+    let short = consent
+        .issue_preference_token(suite.admin(pb::IssuePreferenceTokenRequest {
+            customer: by_id(&customer),
+            ttl: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let err = update(&suite, &mut consent, subject_token(&short.token), vec![one.clone()]).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    assert_eq!(err.message(), "token: expired");
+    assert_eq!(history_len(&suite, &mut consent, &customer).await, before, "refusals record nothing");
+    assert!(!ask(&suite, &mut consent, check(kim.clone(), "marketing", "DE")).await.allowed);
+
+    // The token is reusable: it still reads after the changes it made.
+    consent.get_preferences(suite.admin(get(subject_token(&issued.token)))).await.unwrap();
+    suite.stop().await;
+}
+
+/// The `row` key the page gives the switch on `label` (e.g. "<td>email</td><td>marketing</td><td>k***").
+fn page_key(body: &str, label: &str) -> String {
+    let tr = body.split("<tr>").find(|tr| tr.contains(label)).unwrap_or_else(|| panic!("no row {label} in {body}"));
+    let value = tr.split("name=\"row\" value=\"").nth(1).expect("a row key");
+    value.split('"').next().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn the_preference_centre_page_shows_masked_switches_and_its_form_changes_them() {
+    let suite = TestSuite::start().await;
+    let channel = suite.channel().await;
+    let mut consent = ConsentServiceClient::new(channel.clone());
+    let kim = email("kim@example.com");
+    let customer = resolve(&suite, &channel, vec![kim.clone()]).await.customer_id;
+    record(&suite, &mut consent, entry(kim.clone(), pb::ConsentStatus::Granted, 5)).await;
+    let issued = consent
+        .issue_preference_token(suite.admin(pb::IssuePreferenceTokenRequest { customer: by_id(&customer), ttl: None }))
+        .await
+        .unwrap()
+        .into_inner();
+    let path = issued.url.split_once("/consent/").map(|(_, p)| format!("/consent/{p}")).expect("a preferences url");
+    let url = format!("{}{path}", suite.http_url);
+
+    // GET shows the switches with the address masked, and no other personal data; it changes nothing.
+    let (status, body) = http_get(&url).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("<form") && body.contains("k***@example.com"), "{body}");
+    assert!(!body.contains("kim@example.com") && !body.contains(&customer), "{body}");
+    let marketing = page_key(&body, "<td>email</td><td>marketing</td><td>k***@example.com");
+    let analytics = page_key(&body, "<td>email</td><td>analytics</td><td>all your contact points");
+    assert!(body.contains(&format!("value=\"{marketing}\" checked")), "the granted switch is on: {body}");
+    let before = history_len(&suite, &mut consent, &customer).await;
+
+    // A bad token: a plain error page, nothing changes.
+    let form = format!("row={marketing}&row={analytics}&on={analytics}");
+    for bad in [format!("{url}x"), format!("{}/consent/preferences?token=garbage", suite.http_url)] {
+        let (status, body) = http_get(&bad).await;
+        assert_eq!(status, 400, "{body}");
+        let (status, body) = http_post_form(&bad, &form).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(!body.contains("<form"), "{body}");
+    }
+    assert_eq!(history_len(&suite, &mut consent, &customer).await, before);
+
+    // The form: marketing unticked (withdrawn), analytics ticked (granted), the rest unchanged.
+    let (status, body) = http_post_form(&url, &form).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("saved"), "{body}");
+    assert!(!body.contains("kim@example.com"), "{body}");
+    assert_eq!(history_len(&suite, &mut consent, &customer).await, before + 2);
+    let denied = ask(&suite, &mut consent, check(kim.clone(), "marketing", "DE")).await;
+    assert_eq!(denied.reason, pb::CheckReason::Withdrawn as i32, "{denied:?}");
+    assert_eq!(denied.entry.unwrap().proof.unwrap().method, pb::ProofMethod::PreferenceCentre as i32);
+    assert!(ask(&suite, &mut consent, check(kim.clone(), "analytics", "DE")).await.allowed);
+
+    // The same form again records nothing.
+    let (status, _) = http_post_form(&url, &form).await;
+    assert_eq!(status, 200);
+    assert_eq!(history_len(&suite, &mut consent, &customer).await, before + 2);
+    suite.stop().await;
+}
