@@ -688,3 +688,187 @@ async fn matching_over_grpc_feeds_the_graph_keeps_households_twins_and_kinds_apa
     assert_eq!(deleted.deleted, 1);
     suite.stop().await;
 }
+
+fn at(seconds: i64) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp { seconds, nanos: 0 })
+}
+
+#[tokio::test]
+async fn golden_records_pick_values_by_rule_follow_aliases_mask_national_ids_and_are_audited() {
+    use pb::EntityKind as K;
+    let config = r#"
+[identity.survivorship]
+default_rule = "most_recent"
+source_priority = ["crm", "loyalty"]
+[identity.survivorship.attribute_rules]
+first_name = "longest"
+phone = "source_priority"
+street = "most_frequent"
+city = "most_complete_record"
+"#;
+    let options = rapport_testkit::SuiteOptions::services(&["identity"]).config(config);
+    let suite = TestSuite::start_with(options.clone()).await;
+    let mut client = IdentityServiceClient::new(suite.channel().await);
+    // Background records for realistic weights, then Katherine in three sources.
+    let (background, _) = rapport_identity::matching::synth::generate(400, 8, 11);
+    let mut records: Vec<pb::SourceRecord> = background.iter().map(wire_record).collect();
+    let mut crm = record(
+        "crm",
+        "c-1",
+        K::Person,
+        &[
+            ("first_name", "Katherine"),
+            ("last_name", "Hargreaves"),
+            ("date_of_birth", "1985-04-12"),
+            ("email", "k.hargreaves@old.example"),
+            ("phone", "+44 7700 900123"),
+            ("national_id", "QQ 12 34 56 C"),
+            ("street", "12 Park Row"),
+            ("postcode", "LS1 4AP"),
+            ("city", "Leeds"),
+        ],
+    );
+    crm.updated_at = at(1_704_844_800); // 2024-01-10
+    let mut loyalty = record(
+        "loyalty",
+        "l-1",
+        K::Person,
+        &[
+            ("first_name", "Katherine"),
+            ("last_name", "Hargreaves"),
+            ("date_of_birth", "1985-04-12"),
+            ("email", "kate@new.example"),
+            ("phone", "+44 7700 900123"),
+            ("street", "12 Park Row"),
+        ],
+    );
+    loyalty.updated_at = at(1_725_148_800); // 2024-09-01
+    let mut webshop = record(
+        "webshop",
+        "w-1",
+        K::Person,
+        &[
+            ("first_name", "K."),
+            ("last_name", "Hargreaves"),
+            ("date_of_birth", "12/04/1985"),
+            ("email", "Kate@New.example"),
+            ("phone", "+44 7700 900456"),
+            ("street", "3 New Street"),
+            ("city", "Harrogate"),
+        ],
+    );
+    webshop.updated_at = at(1_748_736_000); // 2025-06-01
+    records.extend([crm, loyalty, webshop]);
+    let submitted =
+        client.submit_records(suite.admin(pb::SubmitRecordsRequest { records })).await.unwrap().into_inner();
+    assert!(submitted.rejected.is_empty(), "{:?}", submitted.rejected);
+    let run = finished_run(&mut client, &suite, pb::RunMatchingRequest::default()).await;
+    assert_eq!(run.state, pb::RunState::Succeeded as i32, "{}", run.error);
+    let a = assigned(&mut client, &suite).await;
+    let c = |s: &str, r: &str| a[&(s.to_string(), r.to_string())].customer_id.clone();
+    let kate = c("crm", "c-1");
+    assert_eq!(kate, c("loyalty", "l-1"));
+    assert_eq!(kate, c("webshop", "w-1"));
+
+    let golden = |customer_id: &str, paths: &[&str]| pb::GetGoldenRecordRequest {
+        customer_id: customer_id.to_string(),
+        read_mask: (!paths.is_empty())
+            .then(|| prost_types::FieldMask { paths: paths.iter().map(|p| p.to_string()).collect() }),
+    };
+    let g = client.get_golden_record(suite.admin(golden(&kate, &[]))).await.unwrap().into_inner();
+    assert_eq!(g.customer_id, kate);
+    assert_eq!(g.kind, K::Person as i32);
+    let refs: Vec<_> = g.records.iter().map(|r| (r.source.as_str(), r.record_id.as_str())).collect();
+    assert_eq!(refs, vec![("crm", "c-1"), ("loyalty", "l-1"), ("webshop", "w-1")]);
+    let v = |name: &str| g.attributes.get(name).unwrap_or_else(|| panic!("no {name} in {:?}", g.attributes));
+    let from = |name: &str| {
+        let r = v(name).record.clone().unwrap();
+        (v(name).value.clone(), r.source, r.record_id)
+    };
+    use pb::SurvivorshipRule as R;
+    // Most recent (the default): the webshop's newer address over the CRM's older one, standardised.
+    assert_eq!(from("email"), ("kate@new.example".into(), "webshop".into(), "w-1".into()));
+    assert_eq!(v("email").rule, R::MostRecent as i32);
+    assert_eq!((v("email").record_count, v("email").agreeing_count), (3, 2));
+    assert_eq!(v("email").observed_at, at(1_748_736_000));
+    // Source priority: the CRM's phone (the same as loyalty's) over the webshop's newer one.
+    assert_eq!(from("phone"), ("+447700900123".into(), "crm".into(), "c-1".into()));
+    assert_eq!(v("phone").rule, R::SourcePriority as i32);
+    // Most frequent: two records agree on the street; the newer of them is named.
+    assert_eq!(from("street"), ("12 park row".into(), "loyalty".into(), "l-1".into()));
+    assert_eq!((v("street").rule, v("street").agreeing_count), (R::MostFrequent as i32, 2));
+    // Longest: "Katherine" over "K."; of the two records that have it, the newer.
+    assert_eq!(from("first_name"), ("katherine".into(), "loyalty".into(), "l-1".into()));
+    assert_eq!(v("first_name").rule, R::Longest as i32);
+    // Most complete record: the CRM record has the most attributes, so its city beats the newer one.
+    assert_eq!(from("city"), ("leeds".into(), "crm".into(), "c-1".into()));
+    assert_eq!(v("city").rule, R::MostCompleteRecord as i32);
+    // Dates are read as the matcher reads them: all three agree.
+    assert_eq!((v("date_of_birth").value.as_str(), v("date_of_birth").agreeing_count), ("1985-04-12", 3));
+    // National ids are masked as CompareRecords masks them; the raw value appears nowhere.
+    assert_eq!(v("national_id").value, "*******6C");
+    assert!(!format!("{g:?}").contains("QQ123456"), "{g:?}");
+    assert!(!g.attributes.contains_key("company_name"), "attributes nobody has are absent");
+    assert!(g.attributes.values().all(|v| v.candidates.is_empty()), "candidates only when asked for");
+    assert_eq!(g.updated_at, at(1_748_736_000), "the newest observation among the surviving values");
+
+    // Candidates with the mask; records only with "records".
+    let g = client.get_golden_record(suite.admin(golden(&kate, &["candidates"]))).await.unwrap().into_inner();
+    let first = &g.attributes["first_name"];
+    let losing: Vec<_> =
+        first.candidates.iter().map(|c| (c.value.as_str(), c.record.as_ref().unwrap().source.as_str())).collect();
+    assert_eq!(losing, vec![("k", "webshop")]);
+    assert_eq!(first.candidates[0].observed_at, at(1_748_736_000));
+    assert!(g.records.is_empty(), "records were not asked for");
+    let g = client.get_golden_record(suite.admin(golden(&kate, &["records"]))).await.unwrap().into_inner();
+    assert!(g.attributes.is_empty() && g.records.len() == 3);
+
+    // A merged-away id answers with the survivor.
+    let explained = client.explain(suite.admin(pb::ExplainRequest { customer_id: kate.clone() })).await.unwrap();
+    let alias = explained.into_inner().customer.unwrap().aliases.first().cloned().expect("the run merged customers");
+    let g = client.get_golden_record(suite.admin(golden(&alias, &[]))).await.unwrap().into_inner();
+    assert_eq!((g.customer_id.as_str(), g.records.len()), (kate.as_str(), 3));
+
+    // A customer known only from Resolve has a golden record without attributes or records.
+    let resolved = client
+        .resolve(suite.admin(resolve_request(vec![id(IdentifierType::Email, "only.resolved@example.com")])))
+        .await
+        .unwrap()
+        .into_inner();
+    let g = client.get_golden_record(suite.admin(golden(&resolved.customer_id, &[]))).await.unwrap().into_inner();
+    assert_eq!(g.customer_id, resolved.customer_id);
+    assert!(g.attributes.is_empty() && g.records.is_empty() && g.updated_at.is_none());
+
+    // Unknown, empty and bad mask paths.
+    let err = client.get_golden_record(suite.admin(golden("cus_nobody", &[]))).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{}", err.message());
+    let err = client.get_golden_record(suite.admin(golden("  ", &[]))).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("customer_id"), "{}", err.message());
+    let err = client.get_golden_record(suite.admin(golden(&kate, &["records", "colour"]))).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("read_mask.paths: unknown path `colour`"), "{}", err.message());
+
+    // GetSettings shows the survivorship configuration.
+    let settings = client.get_settings(suite.admin(pb::GetSettingsRequest {})).await.unwrap().into_inner();
+    let s = settings.survivorship.unwrap();
+    assert_eq!(s.default_rule, R::MostRecent as i32);
+    assert_eq!(s.attribute_rules.get("first_name"), Some(&(R::Longest as i32)));
+    assert_eq!(s.source_priority, vec!["crm", "loyalty"]);
+
+    // Every read is in identity's audit log (written in the background within 100 ms).
+    let settings = TestSuite::settings(&suite.storage, &options).unwrap();
+    let db = rapport::services::open_db(&settings, "identity").await.unwrap();
+    let mut reads = 0;
+    for _ in 0..50 {
+        let audit = rapport_storage::Audit::list(&db, &kate, 20).await.unwrap();
+        reads = audit.iter().filter(|e| e.action == "golden_record.read" && e.principal == "admin").count();
+        if reads == 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(reads, 4, "four golden record reads of Katherine (one by an alias)");
+    db.close().await;
+    suite.stop().await;
+}

@@ -1,5 +1,5 @@
 //! Conversions between wire types and what services store: JSON and `google.protobuf.Struct`,
-//! milliseconds and `google.protobuf.Timestamp`, page tokens.
+//! milliseconds and `google.protobuf.Timestamp`, page sizes, field mask paths.
 
 use prost_types::value::Kind;
 
@@ -76,6 +76,23 @@ pub fn page_size(field: &str, requested: i32, default: i32, max: i32) -> Result<
     }
 }
 
+/// The paths of a read or update mask, each checked against `known`; an unknown path is an error naming
+/// `{field}.paths` and the path (with the known ones). An unset mask gives no paths: the caller's default.
+pub fn mask_paths(
+    field: &str,
+    mask: Option<&prost_types::FieldMask>,
+    known: &[&str],
+) -> Result<Vec<String>, rapport_errors::Error> {
+    let paths: Vec<String> = mask.map(|m| m.paths.iter().map(|p| p.trim().to_string()).collect()).unwrap_or_default();
+    if let Some(bad) = paths.iter().find(|p| !known.contains(&p.as_str())) {
+        return Err(rapport_errors::Error::invalid(
+            &format!("{field}.paths"),
+            format!("unknown path `{bad}`; known: {}", known.join(", ")),
+        ));
+    }
+    Ok(paths)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +109,13 @@ mod tests {
         for ms in [0, 1, 1_700_000_000_123, -1] {
             assert_eq!(millis(&timestamp(ms)), Some(ms));
         }
+    }
+
+    #[test]
+    fn mask_paths_name_an_unknown_path() {
+        let mask = prost_types::FieldMask { paths: vec!["records".into(), "colour".into()] };
+        let err = mask_paths("read_mask", Some(&mask), &["attributes", "records"]).unwrap_err();
+        assert!(err.to_string().starts_with("read_mask.paths: unknown path `colour`"), "{err}");
+        assert_eq!(mask_paths("read_mask", None, &["records"]).unwrap(), Vec::<String>::new());
     }
 }

@@ -26,6 +26,8 @@ pub struct Identity {
     pub(crate) outbox: Outbox,
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
     pub(crate) runs: crate::records::Runs,
+    /// Audited reads (golden records), written off the request path.
+    pub(crate) audit: rapport_storage::AuditWriter,
 }
 
 fn id_type_of(t: i32) -> Option<IdType> {
@@ -448,6 +450,41 @@ impl IdentityService for Identity {
             return Err(Error::invalid("note", "longer than 1,000 characters").into());
         }
         Ok(Response::new(crate::records::resolve_task(&self.graph, id, r.same, r.note.trim(), &caller).await?))
+    }
+
+    async fn get_settings(
+        &self,
+        _request: Request<pb::GetSettingsRequest>,
+    ) -> Result<Response<pb::IdentitySettings>, Status> {
+        let s = self.graph.settings();
+        Ok(Response::new(pb::IdentitySettings {
+            phone_default_region: s.phone_default_region.clone(),
+            email_fold_provider_variants: s.email_fold_provider_variants,
+            blocked_patterns: s.blocked_patterns.clone(),
+            limits: IdType::ALL
+                .iter()
+                .map(|t| pb::IdentifierLimit { r#type: wire_type(*t) as i32, max: s.limit_of(*t) })
+                .collect(),
+            limit_window_days: s.limit_window_days,
+            priority: s.priority.iter().filter_map(|p| IdType::from_name(p)).map(|t| wire_type(t) as i32).collect(),
+            matching: None,
+            survivorship: Some(crate::golden::settings_to_wire(&s.survivorship)),
+        }))
+    }
+
+    async fn get_golden_record(
+        &self,
+        request: Request<pb::GetGoldenRecordRequest>,
+    ) -> Result<Response<pb::GoldenRecord>, Status> {
+        let caller = caller(&request);
+        let request = request.into_inner();
+        let id = required_id("customer_id", &request.customer_id)?;
+        let paths =
+            rapport_rpc::convert::mask_paths("read_mask", request.read_mask.as_ref(), &crate::golden::PATHS)?;
+        let golden = crate::golden::golden_record(&self.graph, id, &paths).await?;
+        let parts = if paths.is_empty() { "attributes,records".to_string() } else { paths.join(",") };
+        self.audit.record(&caller, "golden_record.read", &golden.customer_id, format!("parts={parts}"));
+        Ok(Response::new(golden))
     }
 
     async fn link_entities(

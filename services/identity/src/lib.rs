@@ -4,12 +4,13 @@ use std::sync::Arc;
 
 use rapport_proto::identity::v1::identity_service_server::IdentityServiceServer;
 use rapport_rpc::{Mounted, ServiceContext};
-use rapport_storage::{Db, Outbox, sqlx::migrate::Migrator};
+use rapport_storage::{AuditWriter, Db, Outbox, sqlx::migrate::Migrator};
 
 use crate::graph::Graph;
 use crate::normalize::Normalizer;
 use crate::settings::IdentitySettings;
 
+pub mod golden;
 pub mod graph;
 pub mod grpc;
 pub mod hierarchy;
@@ -37,12 +38,15 @@ pub async fn mount(ctx: ServiceContext) -> anyhow::Result<Mounted> {
     let graph = Graph::new(ctx.db.clone(), outbox.clone(), Arc::new(settings), Arc::new(grpc::ProtoEvents))
         .with_lookup_cache(ctx.cache.clone());
     records::Runs::recover(&graph).await?;
+    let (audit, audit_task) =
+        AuditWriter::spawn(ctx.db.clone(), std::time::Duration::from_millis(100), ctx.shutdown.clone());
     let service = grpc::Identity {
         graph,
         normalizer: Arc::new(normalizer),
         outbox,
         shutdown: ctx.shutdown.clone(),
         runs: records::Runs::default(),
+        audit,
     };
-    Ok(Mounted::new(NAME, ctx.db.clone(), IdentityServiceServer::new(service)))
+    Ok(Mounted::new(NAME, ctx.db.clone(), IdentityServiceServer::new(service)).with_background(move || vec![audit_task]))
 }

@@ -36,7 +36,7 @@ fn hex_of<M: Message>(m: &M) -> String {
     hex::encode(m.encode_to_vec())
 }
 
-fn decode<M: Message + Default>(s: &str) -> Result<M, Error> {
+pub(crate) fn decode<M: Message + Default>(s: &str) -> Result<M, Error> {
     let bytes = hex::decode(s).map_err(Error::internal)?;
     M::decode(bytes.as_slice()).map_err(Error::internal)
 }
@@ -155,7 +155,8 @@ impl StoredParams {
     }
 }
 
-fn mask(attribute: &str, v: String) -> String {
+/// A national id shown only by its last two characters (CompareRecords, review tasks, golden records).
+pub(crate) fn mask(attribute: &str, v: String) -> String {
     if attribute == "national_id" && v.len() > 2 {
         format!("{}{}", "*".repeat(v.len() - 2), &v[v.len() - 2..])
     } else {
@@ -268,7 +269,7 @@ fn review_state_name(s: pb::ReviewState) -> &'static str {
 }
 
 /// The current customer of stored customer ids (an alias becomes its survivor).
-const CURRENT: &str = "COALESCE(c.merged_into, c.id)";
+pub(crate) const CURRENT: &str = "COALESCE(c.merged_into, c.id)";
 
 /// Stores records; returns how many and the rejections.
 pub async fn submit(

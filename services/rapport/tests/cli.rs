@@ -51,6 +51,24 @@ fn a_bad_environment_value_is_named() {
 }
 
 #[test]
+fn a_bad_survivorship_rule_or_attribute_is_named() {
+    let dir = data_dir();
+    let file = dir.path().join("rapport.toml");
+    std::fs::write(&file, "[identity.survivorship.attribute_rules]\nshoe_size = \"longest\"\n").unwrap();
+    let args = |config: bool| {
+        let mut a = vec!["serve", "--data-dir", dir.path().to_str().unwrap()];
+        a.extend(["--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]);
+        if config {
+            a.extend(["--config", file.to_str().unwrap()]);
+        }
+        a
+    };
+    let output = rapport(&args(false), &[("RAPPORT__IDENTITY__SURVIVORSHIP__DEFAULT_RULE", "newest")]);
+    fails_with(output, "identity.survivorship.default_rule: unknown rule `newest`");
+    fails_with(rapport(&args(true), &[]), "identity.survivorship.attribute_rules.shoe_size: unknown attribute");
+}
+
+#[test]
 fn an_unknown_service_is_named() {
     let dir = data_dir();
     let output = rapport(&["serve", "--services", "consnt", "--data-dir", dir.path().to_str().unwrap()], &[]);

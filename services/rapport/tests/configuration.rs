@@ -37,6 +37,7 @@ fn keys() -> Vec<String> {
         ("telemetry", fields::<c::TelemetrySettings>()),
         ("clients", fields::<c::ClientSettings>()),
         ("identity", fields::<rapport_identity::settings::IdentitySettings>()),
+        ("identity.survivorship", fields::<rapport_identity::settings::SurvivorshipSettings>()),
         ("consent", fields::<rapport_consent::settings::ConsentSettings>()),
         ("profile", fields::<rapport_profile::store::StoreSettings>()),
         ("profile.computed", fields::<rapport_profile::computed::ComputedSettings>()),

@@ -485,6 +485,32 @@ fn numeric_dmy(p: u32, q: u32, y: i32, order: DateOrder) -> Option<u32> {
     }
 }
 
+/// The standardised value of one raw SourceRecord attribute, as the matcher reads it (golden records show
+/// these): names cleaned, dates as ISO, phones as E.164, emails lower-cased, streets expanded with the house
+/// number first, ids upper-case alphanumerics. `None` when nothing readable is left.
+pub fn standardize_attribute(
+    name: &str,
+    raw: &str,
+    region: Option<phonenumber::country::Id>,
+    order: DateOrder,
+) -> Option<String> {
+    let value = match name {
+        "first_name" | "last_name" | "full_name" => clean_name(raw),
+        "date_of_birth" => format_date(parse_date(raw, order)?),
+        "email" => standardize_email(raw)?,
+        "phone" => format_phone(standardize_phone(raw, region)?),
+        "street" => {
+            let (street, house) = standardize_street(raw);
+            [house, street].into_iter().filter(|x| !x.is_empty()).collect::<Vec<_>>().join(" ")
+        }
+        "house_number" => clean_text(raw).replace(' ', ""),
+        "postcode" | "national_id" | "company_id" => alnum_upper(raw),
+        "company_name" => standardize_company(raw),
+        _ => clean_text(raw),
+    };
+    Some(value).filter(|v| !v.is_empty())
+}
+
 /// Formats `yyyymmdd` as ISO `yyyy-mm-dd`.
 pub fn format_date(d: u32) -> String {
     format!("{:04}-{:02}-{:02}", d / 10_000, d / 100 % 100, d % 100)
