@@ -870,5 +870,12 @@ city = "most_complete_record"
     }
     assert_eq!(reads, 4, "four golden record reads of Katherine (one by an alias)");
     db.close().await;
+
+    // After erasure nothing about her is shown again.
+    use rapport_proto::common::v1::{CustomerRef, EraseCustomerRequest, customer_ref::Ref};
+    let customer = Some(CustomerRef { r#ref: Some(Ref::CustomerId(kate.clone())) });
+    client.erase_customer(suite.admin(EraseCustomerRequest { customer, reason: "ticket DSR-2".into() })).await.unwrap();
+    let g = client.get_golden_record(suite.admin(golden(&kate, &[]))).await.unwrap().into_inner();
+    assert!(g.attributes.is_empty() && g.records.is_empty(), "{g:?}");
     suite.stop().await;
 }

@@ -76,21 +76,28 @@ pub fn page_size(field: &str, requested: i32, default: i32, max: i32) -> Result<
     }
 }
 
-/// The paths of a read or update mask, each checked against `known`; an unknown path is an error naming
-/// `{field}.paths` and the path (with the known ones). An unset mask gives no paths: the caller's default.
+/// The paths of a read or update mask, each checked against `known` ([`check_paths`]). An unset mask gives
+/// no paths: the caller's default.
 pub fn mask_paths(
     field: &str,
     mask: Option<&prost_types::FieldMask>,
     known: &[&str],
 ) -> Result<Vec<String>, rapport_errors::Error> {
     let paths: Vec<String> = mask.map(|m| m.paths.iter().map(|p| p.trim().to_string()).collect()).unwrap_or_default();
-    if let Some(bad) = paths.iter().find(|p| !known.contains(&p.as_str())) {
-        return Err(rapport_errors::Error::invalid(
+    check_paths(field, &paths, known)?;
+    Ok(paths)
+}
+
+/// Checks the paths of the field mask `field` against `known`: an unknown path is an error naming
+/// `{field}.paths` and the path, with the known ones.
+pub fn check_paths(field: &str, paths: &[String], known: &[&str]) -> Result<(), rapport_errors::Error> {
+    match paths.iter().find(|p| !known.contains(&p.as_str())) {
+        Some(bad) => Err(rapport_errors::Error::invalid(
             &format!("{field}.paths"),
             format!("unknown path `{bad}`; known: {}", known.join(", ")),
-        ));
+        )),
+        None => Ok(()),
     }
-    Ok(paths)
 }
 
 #[cfg(test)]

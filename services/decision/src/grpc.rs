@@ -77,12 +77,7 @@ const OFFER_PATHS: [&str; 12] = [
 
 /// `current` with the fields of `update` named by `paths` (every field when empty).
 fn merge_offer(current: &pb::Offer, update: pb::Offer, paths: &[String]) -> Result<pb::Offer, Error> {
-    if let Some(bad) = paths.iter().find(|p| !OFFER_PATHS.contains(&p.as_str())) {
-        return Err(Error::invalid(
-            "update_mask.paths",
-            format!("unknown path `{bad}`; known: {}", OFFER_PATHS.join(", ")),
-        ));
-    }
+    rapport_rpc::convert::check_paths("update_mask", paths, &OFFER_PATHS)?;
     let all = paths.is_empty();
     let wants = |p: &str| all || paths.iter().any(|x| x == p);
     let mut next = current.clone();

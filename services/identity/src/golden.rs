@@ -36,12 +36,7 @@ pub struct Observed {
 
 impl Observed {
     /// A stored record with its values standardised.
-    pub fn of(
-        r: &pb::SourceRecord,
-        at: i64,
-        region: Option<phonenumber::country::Id>,
-        order: DateOrder,
-    ) -> Observed {
+    pub fn of(r: &pb::SourceRecord, at: i64, region: Option<phonenumber::country::Id>, order: DateOrder) -> Observed {
         let values = ATTRIBUTE_NAMES
             .iter()
             .filter_map(|name| {
@@ -150,7 +145,8 @@ pub fn settings_to_wire(s: &SurvivorshipSettings) -> pb::SurvivorshipSettings {
 }
 
 /// The golden record of `customer_id` (or of the survivor it was merged into). `paths` are the checked
-/// read mask paths: none means attributes and records; "candidates" implies attributes.
+/// read mask paths: none means attributes and records; "candidates" implies attributes. An erased customer
+/// has an empty golden record.
 pub async fn golden_record(graph: &Graph, customer_id: &str, paths: &[String]) -> Result<pb::GoldenRecord, Error> {
     let wants = |p: &str| paths.iter().any(|x| x == p);
     let with_candidates = wants("candidates");
@@ -160,6 +156,10 @@ pub async fn golden_record(graph: &Graph, customer_id: &str, paths: &[String]) -
     let mut exec = Exec::Db(graph.db());
     let kinds: Vec<(String,)> = exec.all("SELECT kind FROM customers WHERE id = $1", &[id.as_str().into()]).await?;
     let kind = kinds.into_iter().next().map(|k| k.0).unwrap_or_default();
+    if kind == "erased" {
+        // EraseCustomer keeps the id as a tombstone; nothing about the person is shown again.
+        return Ok(pb::GoldenRecord { customer_id: id, kind: pb::EntityKind::Person as i32, ..Default::default() });
+    }
     let rows: Vec<(String, String, String, i64)> = exec
         .all(
             &format!(
@@ -222,11 +222,17 @@ mod tests {
             rec("webshop", "9", 3_000, &[("first_name", "K."), ("email", "KATE@new.example")]),
             rec("loyalty", "4", 2_000, &[("first_name", "Kate"), ("email", "kate@old.example")]),
         ];
-        assert_eq!(pick(&records, &settings("most_recent", &[]), "email"), ("kate@new.example".into(), "webshop".into()));
+        assert_eq!(
+            pick(&records, &settings("most_recent", &[]), "email"),
+            ("kate@new.example".into(), "webshop".into())
+        );
         assert_eq!(pick(&records, &settings("source_priority", &["crm"]), "email").1, "crm");
         // Unlisted sources tie: the newest of them.
         assert_eq!(pick(&records, &settings("source_priority", &["nobody"]), "email").1, "webshop");
-        assert_eq!(pick(&records, &settings("most_frequent", &[]), "email"), ("kate@old.example".into(), "loyalty".into()));
+        assert_eq!(
+            pick(&records, &settings("most_frequent", &[]), "email"),
+            ("kate@old.example".into(), "loyalty".into())
+        );
         assert_eq!(pick(&records, &settings("longest", &[]), "first_name"), ("katherine".into(), "crm".into()));
         assert_eq!(pick(&records, &settings("most_complete_record", &[]), "first_name").1, "crm");
         // Same time, same value length: the source name decides.

@@ -479,8 +479,7 @@ impl IdentityService for Identity {
         let caller = caller(&request);
         let request = request.into_inner();
         let id = required_id("customer_id", &request.customer_id)?;
-        let paths =
-            rapport_rpc::convert::mask_paths("read_mask", request.read_mask.as_ref(), &crate::golden::PATHS)?;
+        let paths = rapport_rpc::convert::mask_paths("read_mask", request.read_mask.as_ref(), &crate::golden::PATHS)?;
         let golden = crate::golden::golden_record(&self.graph, id, &paths).await?;
         let parts = if paths.is_empty() { "attributes,records".to_string() } else { paths.join(",") };
         self.audit.record(&caller, "golden_record.read", &golden.customer_id, format!("parts={parts}"));

@@ -48,5 +48,6 @@ pub async fn mount(ctx: ServiceContext) -> anyhow::Result<Mounted> {
         runs: records::Runs::default(),
         audit,
     };
-    Ok(Mounted::new(NAME, ctx.db.clone(), IdentityServiceServer::new(service)).with_background(move || vec![audit_task]))
+    Ok(Mounted::new(NAME, ctx.db.clone(), IdentityServiceServer::new(service))
+        .with_background(move || vec![audit_task]))
 }

@@ -347,15 +347,9 @@ impl Profiles {
 
     async fn get_one(&self, request: &pb::GetProfileRequest, field: &str, who: &str) -> Result<pb::Profile, Status> {
         let id = self.customer_of(&format!("{field}customer"), request.customer.as_ref()).await?;
-        let paths: Vec<String> = request.field_mask.as_ref().map(|m| m.paths.clone()).unwrap_or_default();
         const KNOWN: [&str; 5] = ["identifiers", "traits", "computed", "segments", "consent"];
-        if let Some(bad) = paths.iter().find(|p| !KNOWN.contains(&p.as_str())) {
-            return Err(Error::invalid(
-                &format!("{field}field_mask.paths"),
-                format!("unknown path `{bad}`; known: {}", KNOWN.join(", ")),
-            )
-            .into());
-        }
+        let paths =
+            rapport_rpc::convert::mask_paths(&format!("{field}field_mask"), request.field_mask.as_ref(), &KNOWN)?;
         let wants = |p: &str| paths.is_empty() || paths.iter().any(|x| x == p);
         let mut profile = self
             .load_wire(&id)
@@ -644,9 +638,7 @@ impl ProfileService for Profiles {
                 Error::invalid("update_mask.paths", "name the fields to change: name, rule, description").into()
             );
         }
-        if let Some(bad) = paths.iter().find(|p| !["name", "rule", "description"].contains(&p.as_str())) {
-            return Err(Error::invalid("update_mask.paths", format!("unknown path `{bad}`")).into());
-        }
+        rapport_rpc::convert::check_paths("update_mask", &paths, &["name", "rule", "description"])?;
         let has = |p: &str| paths.iter().any(|x| x == p);
         let def = self
             .store

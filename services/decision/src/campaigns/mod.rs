@@ -245,12 +245,7 @@ impl Campaigns {
             "experiment_id",
             "kind",
         ];
-        if let Some(bad) = paths.iter().find(|p| !PATHS.contains(&p.as_str())) {
-            return Err(Error::invalid(
-                "update_mask.paths",
-                format!("unknown path `{bad}`; known: {}", PATHS.join(", ")),
-            ));
-        }
+        rapport_rpc::convert::check_paths("update_mask", &paths, &PATHS)?;
         let wants = |p: &str| paths.is_empty() || paths.iter().any(|x| x == p);
         let mut next = current.clone();
         macro_rules! take {
