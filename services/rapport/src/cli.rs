@@ -247,12 +247,12 @@ struct MigrateArgs {
 }
 
 #[derive(Debug, Args)]
-struct ClientArgs {
+pub(crate) struct ClientArgs {
     #[command(flatten)]
     config: ConfigArgs,
     /// Server address [default: http:// + server.grpc_listen].
     #[arg(long, value_name = "URL", global = true)]
-    endpoint: Option<String>,
+    pub(crate) endpoint: Option<String>,
     /// Bearer token [default: the admin token file of the data directory].
     #[arg(long, env = "RAPPORT_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
@@ -324,7 +324,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// A channel to the server `args` names and the token to call it with.
-async fn connect(args: &ClientArgs) -> anyhow::Result<(tonic::transport::Channel, String)> {
+pub(crate) async fn connect(args: &ClientArgs) -> anyhow::Result<(tonic::transport::Channel, String)> {
     let target = target(args)?;
     let token = target
         .token
@@ -335,6 +335,8 @@ async fn connect(args: &ClientArgs) -> anyhow::Result<(tonic::transport::Channel
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = load(&args.config, args.services, args.grpc_listen, args.http_listen)?;
     let _telemetry = rapport_telemetry::init(&settings.telemetry)?;
+    // listening before the start: a SIGTERM while starting stops it cleanly once it has started
+    let stop = rapport::server::StopSignal::install();
     let server = rapport::start(settings).await?;
     if server.admin_token_created {
         println!("created an admin token in {} (the CLI uses it by default)", server.admin_token_path.display());
@@ -342,7 +344,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         println!("admin token: {}", server.admin_token_path.display());
     }
     println!("serving {} on grpc {} and http {}", server.services.join(", "), server.grpc_addr, server.http_addr);
-    server.run_until_signal().await
+    server.run_until(stop).await
 }
 
 struct Target {

@@ -227,30 +227,57 @@ impl Server {
 
     /// Serves until SIGTERM or Ctrl-C, then shuts down.
     pub async fn run_until_signal(self) -> anyhow::Result<()> {
-        wait_for_signal().await;
+        self.run_until(StopSignal::install()).await
+    }
+
+    /// Serves until `signal` arrives (it may have arrived already, during start-up), then shuts down.
+    pub async fn run_until(self, signal: StopSignal) -> anyhow::Result<()> {
+        signal.received().await;
         tracing::info!("shutting down");
         self.shutdown().await
     }
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT (Ctrl-C), listened for from the moment it is installed: install it before starting
+/// the server, and a SIGTERM sent while the process is still starting (Kubernetes stopping a pod that is
+/// not ready yet) is a clean shutdown as soon as the start completes, not death by the default action.
+pub struct StopSignal {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl StopSignal {
+    /// Starts listening; must be called inside the runtime.
+    pub fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let signals = signal(SignalKind::terminate()).ok().zip(signal(SignalKind::interrupt()).ok());
+            Self { signals }
+        }
+        #[cfg(not(unix))]
+        {
+            Self {}
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// Waits for the first of them.
+    pub async fn received(self) {
+        #[cfg(unix)]
+        match self.signals {
+            Some((mut term, mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
