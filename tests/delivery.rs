@@ -1,7 +1,8 @@
 //! Delivery over gRPC and HTTP: templates (validation, versions, locales, preview with SMS segments),
 //! Send and SendBatch through the default file sink with consent re-checked at send time, idempotency,
 //! bad input by field, blocked and failed messages, dead letters and replay, waiting while consent is
-//! unreachable, quiet hours, tracking links, call-centre tasks and the in-app inbox.
+//! unreachable, failing when the profile read is refused for good, quiet hours, tracking links, call-centre
+//! tasks and the in-app inbox.
 
 use std::time::Duration;
 
@@ -899,4 +900,57 @@ async fn bounces_complaints_and_unsubscribes_flow_into_consent_and_the_timeline(
     assert!(m.history.iter().any(|h| h.detail.contains("unsubscribed")), "{m:?}");
     assert!(!check_email(&suite, &channel, "cleo@example.com").await.allowed);
     suite.stop().await;
+}
+
+/// Split deployment with a misconfigured client token: delivery calls the profile service of another
+/// process with a key that lacks `profile:read`. The real profile service refuses the read
+/// (PERMISSION_DENIED), which waiting will not change: a message whose template reads the profile fails
+/// with the reason (dead-lettered, replayable once the token is fixed) instead of waiting forever, and a
+/// template that does not read the profile is still sent.
+#[tokio::test]
+async fn a_profile_read_refused_for_good_fails_the_message_with_the_reason() {
+    let token = "delivery-without-profile-read";
+    let key = format!(
+        "[[auth.api_keys]]\nname = \"delivery\"\nsha256 = \"{}\"\nscopes = [\"consent:read\", \"identity:read\"]\n",
+        rapport_auth::hash_token(token)
+    );
+    let profile = TestSuite::start_with(SuiteOptions::services(&["profile"]).config(key)).await;
+    let token_file = profile.storage.data_dir.path().join("delivery-client.token");
+    std::fs::write(&token_file, token).unwrap();
+    let clients =
+        format!("{FAST}[clients]\nprofile = \"{}\"\ntoken_file = \"{}\"\n", profile.grpc_url, token_file.display());
+    let here = SuiteOptions::services(&["identity", "consent", "delivery"]).config(clients);
+    let suite = TestSuite::start_with(here).await;
+    let channel = suite.channel().await;
+    let mut d = DeliveryServiceClient::new(channel.clone());
+    put(&suite, &mut d, welcome()).await;
+    let plain = template("plain", Channel::Email, vec![("en", "News", "", "Hello: {{ offer.title }}")]);
+    put(&suite, &mut d, plain).await;
+    let ann = IdentityServiceClient::new(channel.clone())
+        .resolve(suite.admin(id::ResolveRequest { identifiers: vec![email("ann@example.com")], ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .customer_id;
+    record(&suite, &channel, "ann@example.com", consent::ConsentStatus::Granted).await;
+
+    let refused = d.send(suite.admin(send_request(customer(&ann), "reads-profile"))).await.unwrap().into_inner();
+    let m = wait_for(&suite, &mut d, &refused.message_id, &[MessageStatus::Failed, MessageStatus::Sent]).await;
+    assert_eq!(m.status, MessageStatus::Failed as i32, "{m:?}");
+    let reason = &m.history.last().unwrap().detail;
+    assert!(reason.starts_with("profile refused the read: PermissionDenied"), "{reason}");
+    assert!(reason.contains("profile:read"), "the reason names the missing scope: {reason}");
+    assert!(!statuses(&m).contains(&(MessageStatus::Deferred as i32)), "never left waiting: {m:?}");
+    let dead = d.list_dead_letters(suite.admin(pb::ListDeadLettersRequest::default())).await.unwrap().into_inner();
+    assert!(dead.messages.iter().any(|x| x.message_id == refused.message_id), "dead-lettered: {dead:?}");
+
+    // Quiet hours are off, so a template without profile variables needs no profile read: it goes.
+    let sent = d
+        .send(suite.admin(pb::SendRequest { template_id: "plain".into(), ..send_request(customer(&ann), "plain") }))
+        .await
+        .unwrap()
+        .into_inner();
+    wait_for(&suite, &mut d, &sent.message_id, &[MessageStatus::Sent]).await;
+    suite.stop().await;
+    profile.stop().await;
 }
