@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rapport_proto::common::v1::{
-    Channel, CustomerRef, Identifier, IdentifierType, MessageClass, Provenance, Purpose, customer_ref::Ref,
+    Channel, CustomerRef, Identifier, IdentifierType, MessageClass, Provenance, customer_ref::Ref,
 };
 use rapport_proto::consent::v1 as consent;
 use rapport_proto::delivery::v1 as pb;
 use rapport_proto::delivery::v1::delivery_service_client::DeliveryServiceClient;
 
-use crate::bench::{authorized, now_ts};
+use crate::bench::{authorized, bench_grant};
 
 /// What to send.
 #[derive(Debug, Clone)]
@@ -81,24 +81,13 @@ async fn setup(channel: &tonic::transport::Channel, token: &str, customers: u64)
     for chunk in (0..customers).collect::<Vec<_>>().chunks(100) {
         let entries = chunk
             .iter()
-            .map(|i| consent::EntryInput {
-                contact_point: Some(Identifier {
+            .map(|i| {
+                let email = Identifier {
                     r#type: IdentifierType::Email as i32,
                     value: bench_email(*i),
                     namespace: String::new(),
-                }),
-                channel: Channel::Email as i32,
-                purpose: Some(Purpose { name: "marketing".into() }),
-                status: consent::ConsentStatus::Granted as i32,
-                provenance: Some(Provenance { source: "bench".into(), ..Default::default() }),
-                proof: Some(consent::Proof {
-                    notice_id: "bench".into(),
-                    notice_version: "1".into(),
-                    method: consent::ProofMethod::WebForm as i32,
-                    ..Default::default()
-                }),
-                occurred_at: Some(now_ts()),
-                ..Default::default()
+                };
+                bench_grant(email, Channel::Email)
             })
             .collect();
         consents.record(authorized(consent::RecordRequest { entries }, token)).await?;
