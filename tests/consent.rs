@@ -701,6 +701,89 @@ async fn data_subject_requests_export_and_erase_across_the_services() {
     suite.stop().await;
 }
 
+/// An erasure that cannot reach a service is FAILED with the step's error, identity is left for last (the
+/// person stays findable), and the request is carried on by itself: after a restart with the service back,
+/// the retrier finishes it, keeping the receipt lines already made and counting attempts per step.
+#[tokio::test]
+async fn an_unfinished_erasure_is_carried_on_after_a_restart() {
+    let storage = std::sync::Arc::new(rapport_testkit::testing::TestDatabase::new().await);
+    // delivery "runs elsewhere" and is down
+    let without_delivery = SuiteOptions::services(&["identity", "consent", "profile", "decision"])
+        .config("[clients]\ndelivery = \"http://127.0.0.1:1\"\n[consent]\nrequest_retry_seconds = 3600\n");
+    let suite = TestSuite::start_on(storage.clone(), without_delivery).await;
+    let channel = suite.channel().await;
+    let mut consent = ConsentServiceClient::new(channel.clone());
+    let ann = email("ann@example.com");
+    IdentityServiceClient::new(channel.clone())
+        .resolve(suite.admin(id::ResolveRequest { identifiers: vec![ann.clone()], ..Default::default() }))
+        .await
+        .unwrap();
+    record(&suite, &mut consent, entry(ann.clone(), pb::ConsentStatus::Granted, 1)).await;
+    let erasure = consent
+        .start_erasure(suite.admin(pb::StartErasureRequest {
+            subject: by(ann.clone()),
+            reference: "ticket-7".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(erasure.state, pb::RequestState::Failed as i32, "{erasure:?}");
+    let step = |r: &pb::DataSubjectRequest, s: &str| r.steps.iter().find(|x| x.service == s).cloned();
+    let delivery = step(&erasure, "delivery").expect("a delivery step");
+    assert_eq!(delivery.state, pb::RequestState::Failed as i32, "{delivery:?}");
+    assert!(delivery.error.starts_with("Unavailable"), "{delivery:?}");
+    for s in ["profile", "consent", "decision"] {
+        let st = step(&erasure, s).unwrap();
+        assert!([pb::RequestState::Completed as i32, pb::RequestState::NoData as i32].contains(&st.state), "{st:?}");
+    }
+    assert!(step(&erasure, "identity").is_none(), "identity waits for the others: {erasure:?}");
+    IdentityServiceClient::new(channel.clone())
+        .lookup(suite.admin(id::LookupRequest { identifier: Some(ann.clone()) }))
+        .await
+        .expect("the person is still findable for the retry");
+    let first = consent
+        .get_erasure(suite.admin(pb::GetErasureRequest { request_id: erasure.request_id.clone() }))
+        .await
+        .unwrap()
+        .into_inner();
+    suite.stop().await;
+
+    // Back with every service here: the retrier takes the request up at start and finishes it.
+    let suite = TestSuite::start_on(storage, SuiteOptions::default()).await;
+    let channel = suite.channel().await;
+    let mut consent = ConsentServiceClient::new(channel.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let done = loop {
+        let r = consent
+            .get_erasure(suite.admin(pb::GetErasureRequest { request_id: erasure.request_id.clone() }))
+            .await
+            .unwrap()
+            .into_inner();
+        let request = r.request.clone().unwrap();
+        if request.state == pb::RequestState::Completed as i32 {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "never carried on: {request:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let request = done.request.clone().unwrap();
+    assert_eq!(step(&request, "delivery").unwrap().attempts, 2, "{request:?}");
+    assert_eq!(step(&request, "consent").unwrap().attempts, 1, "done steps are not asked again: {request:?}");
+    assert_eq!(step(&request, "identity").unwrap().state, pb::RequestState::Completed as i32);
+    assert!(request.completed_at.is_some());
+    for line in &first.receipt {
+        assert!(done.receipt.contains(line), "the first attempt's line is kept: {line:?} in {done:?}");
+    }
+    assert!(done.receipt.iter().any(|l| l.service == "identity" && l.count > 0), "{done:?}");
+    let lookup = IdentityServiceClient::new(channel.clone())
+        .lookup(suite.admin(id::LookupRequest { identifier: Some(ann.clone()) }))
+        .await
+        .unwrap_err();
+    assert_eq!(lookup.code(), Code::NotFound, "erased at last");
+    suite.stop().await;
+}
+
 fn by_id(customer_id: &str) -> Option<CustomerRef> {
     Some(CustomerRef { r#ref: Some(Ref::CustomerId(customer_id.into())) })
 }

@@ -2,10 +2,17 @@
 //! services, tracked with the legal deadline, a step per service, and the result (the export document or
 //! the erasure receipt).
 //!
-//! A request runs when it is started, one service after the other. Erasure runs identity last: the other
-//! services find the person through identity, and identity's erasure leaves the tombstone that keeps
-//! replayed events from re-creating the person. A service that does not implement the call yet (it holds no
-//! customer data) is a step with no data; a service that cannot be reached fails its step and the request.
+//! A request runs when it is started, one service after the other, and its progress is saved after every
+//! step. Erasure runs identity last, and only once every other service is done: the other services find
+//! the person through identity, and identity's erasure leaves the tombstone that keeps replayed events
+//! from re-creating the person. A service that does not implement the call yet (it holds no customer data)
+//! is a step with no data; a service that cannot be reached fails its step and leaves the request FAILED.
+//!
+//! Unfinished requests are carried on by a retrier (every `consent.request_retry_seconds`, and at start):
+//! a FAILED request, or one left IN_PROGRESS by a process that stopped mid-request, is taken up again until
+//! its deadline, skipping the steps already done (their receipt lines and export data are kept) and counting
+//! attempts per step. A runner holds a request with a lease renewed at every save, so one runner at a time
+//! works on it, whichever replica.
 
 use prost::Message;
 use rapport_errors::Error;
@@ -96,6 +103,31 @@ pub async fn audit(db: &Db, caller: &str, action: &str, request: &pb::DataSubjec
     Ok(())
 }
 
+/// How long a runner holds a request between two saves; a stopped runner's requests are free after it.
+const LEASE_MS: i64 = 60_000;
+
+/// Whether a step is finished for good.
+fn finished(state: i32) -> bool {
+    state == pb::RequestState::Completed as i32 || state == pb::RequestState::NoData as i32
+}
+
+/// The step of `service`, if one was made.
+fn step_of<'r>(request: &'r pb::DataSubjectRequest, service: &str) -> Option<&'r pb::ServiceStep> {
+    request.steps.iter().find(|s| s.service == service)
+}
+
+/// The request's state from its steps: done when every service is, no data when none had any.
+fn overall(request: &pb::DataSubjectRequest) -> pb::RequestState {
+    let states: Vec<i32> = SERVICES.iter().map(|s| step_of(request, s).map_or(0, |st| st.state)).collect();
+    if !states.iter().all(|s| finished(*s)) {
+        pb::RequestState::Failed
+    } else if states.iter().all(|s| *s == pb::RequestState::NoData as i32) {
+        pb::RequestState::NoData
+    } else {
+        pb::RequestState::Completed
+    }
+}
+
 /// The requests store and runner.
 pub struct Requests<'a> {
     pub db: &'a Db,
@@ -104,15 +136,17 @@ pub struct Requests<'a> {
 }
 
 impl Requests<'_> {
-    async fn save(&self, r: &pb::DataSubjectRequest, result: Option<Vec<u8>>, insert: bool) -> Result<(), Error> {
+    /// Saves a request and its result so far; `held` keeps (or renews) the runner's lease, otherwise the
+    /// request is released.
+    async fn save(&self, r: &pb::DataSubjectRequest, result: &[u8], insert: bool, held: bool) -> Result<(), Error> {
         let mut exec = Exec::Db(self.db);
         let received = r.received_at.as_ref().and_then(rapport_rpc::convert::millis).unwrap_or_default();
         let due = r.due_at.as_ref().and_then(rapport_rpc::convert::millis).unwrap_or_default();
-        let result = result.map(V::B).unwrap_or(V::B(Vec::new()));
+        let lease = if held { now_millis() + LEASE_MS } else { 0 };
         if insert {
             exec.run(
-                "INSERT INTO consent_requests (request_id, kind, state, received_at, due_at, body, result)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO consent_requests (request_id, kind, state, received_at, due_at, body, result, lease_until)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 &[
                     (&r.request_id).into(),
                     i64::from(r.kind).into(),
@@ -120,20 +154,26 @@ impl Requests<'_> {
                     received.into(),
                     due.into(),
                     V::B(r.encode_to_vec()),
-                    result,
+                    V::B(result.to_vec()),
+                    lease.into(),
                 ],
             )
             .await?;
         } else {
             exec.run(
-                "UPDATE consent_requests SET state = $2, body = $3, result = $4 WHERE request_id = $1",
-                &[(&r.request_id).into(), i64::from(r.state).into(), V::B(r.encode_to_vec()), result],
+                "UPDATE consent_requests SET state = $2, body = $3, result = $4, lease_until = $5 WHERE request_id = $1",
+                &[
+                    (&r.request_id).into(),
+                    i64::from(r.state).into(),
+                    V::B(r.encode_to_vec()),
+                    V::B(result.to_vec()),
+                    lease.into(),
+                ],
             )
             .await?;
         }
         Ok(())
     }
-
     /// Loads a request and its stored result.
     pub async fn get(
         &self,
@@ -215,81 +255,171 @@ impl Requests<'_> {
             submitted_by: caller.to_string(),
             ..Default::default()
         };
-        self.save(&request, None, true).await?;
-        let result = match kind {
-            pb::RequestKind::Erasure => self.erase(&mut request, &subject).await,
-            _ => self.export(&mut request, &subject).await,
-        };
-        let states: Vec<i32> = request.steps.iter().map(|s| s.state).collect();
-        request.state = if states.contains(&(pb::RequestState::Failed as i32)) {
-            pb::RequestState::Failed
-        } else if states.iter().all(|s| *s == pb::RequestState::NoData as i32) {
-            pb::RequestState::NoData
-        } else {
-            pb::RequestState::Completed
-        } as i32;
-        request.completed_at = Some(timestamp(now_millis()));
-        self.save(&request, Some(result.clone()), false).await?;
-        tracing::info!(request_id = %request.request_id, kind = ?kind, state = request.state, "data-subject request finished");
+        self.save(&request, &[], true, true).await?;
+        let result = self.advance(&mut request, Vec::new()).await?;
         Ok((request, result))
     }
 
-    async fn export(&self, request: &mut pb::DataSubjectRequest, subject: &common::CustomerRef) -> Vec<u8> {
-        let mut services = serde_json::Map::new();
-        for service in SERVICES {
-            let answer =
-                export_at(self.clients, service, common::ExportCustomerRequest { customer: Some(subject.clone()) })
-                    .await;
-            let answer = answer.map(|a| {
-                if !a.customer_id.is_empty() && !request.customer_ids.contains(&a.customer_id) {
-                    request.customer_ids.push(a.customer_id.clone());
-                }
-                let data = a.data.as_ref().map(|d| serde_json::Value::Object(struct_to_json(d))).unwrap_or_default();
-                let records = records_in(&data);
-                services.insert(service.to_string(), data);
-                records
-            });
-            request.steps.push(step(service, answer));
+    /// Carries a request on from where it is: every service whose step is not finished is asked (again),
+    /// progress saved after each; then the request is released with its state.
+    async fn advance(&self, request: &mut pb::DataSubjectRequest, mut result: Vec<u8>) -> Result<Vec<u8>, Error> {
+        let subject = request.subject.clone().unwrap_or_default();
+        let erasure = request.kind == pb::RequestKind::Erasure as i32;
+        request.state = pb::RequestState::InProgress as i32;
+        if erasure && request.customer_ids.is_empty() {
+            // The customer ids first, while identity still knows the person.
+            if let Ok(found) =
+                export_at(self.clients, "identity", common::ExportCustomerRequest { customer: Some(subject.clone()) })
+                    .await
+                && !found.customer_id.is_empty()
+            {
+                request.customer_ids.push(found.customer_id);
+            }
         }
-        let document = serde_json::json!({
-            "request_id": request.request_id,
-            "customer_ids": request.customer_ids,
-            "generated_at": chrono::Utc::now().to_rfc3339(),
-            "services": services,
-        });
-        json_to_struct(document).encode_to_vec()
+        for service in SERVICES {
+            let previous = step_of(request, service).cloned();
+            if previous.as_ref().is_some_and(|p| finished(p.state)) {
+                continue;
+            }
+            if erasure
+                && service == "identity"
+                && SERVICES[..4].iter().any(|s| !step_of(request, s).is_some_and(|p| finished(p.state)))
+            {
+                break; // identity keeps the person findable until everything else is erased
+            }
+            let answer = if erasure {
+                self.erase(request, &subject, service, &mut result).await
+            } else {
+                self.export(request, &subject, service, &mut result).await
+            };
+            let mut step = step(service, answer);
+            step.attempts = previous.map_or(0, |p| p.attempts) + 1;
+            match request.steps.iter_mut().find(|s| s.service == service) {
+                Some(s) => *s = step,
+                None => request.steps.push(step),
+            }
+            self.save(request, &result, false, true).await?;
+        }
+        request.state = overall(request) as i32;
+        if request.state != pb::RequestState::Failed as i32 {
+            request.completed_at = Some(timestamp(now_millis()));
+        }
+        self.save(request, &result, false, false).await?;
+        tracing::info!(request_id = %request.request_id, kind = request.kind, state = request.state, "data-subject request advanced");
+        Ok(result)
     }
 
-    async fn erase(&self, request: &mut pb::DataSubjectRequest, subject: &common::CustomerRef) -> Vec<u8> {
-        // The customer ids first, while identity still knows the person.
-        if let Ok(found) =
-            export_at(self.clients, "identity", common::ExportCustomerRequest { customer: Some(subject.clone()) }).await
-            && !found.customer_id.is_empty()
-        {
-            request.customer_ids.push(found.customer_id);
-        }
-        let mut receipt = pb::ErasureResult::default();
-        for service in SERVICES {
-            let answer = erase_at(
-                self.clients,
-                service,
-                common::EraseCustomerRequest {
-                    customer: Some(subject.clone()),
-                    reason: format!("data-subject request {}", request.request_id),
-                },
+    /// Takes up every unfinished request before its deadline that no runner holds; returns how many.
+    pub async fn retry_unfinished(&self) -> Result<usize, Error> {
+        let now = now_millis();
+        let rows: Vec<(String, Vec<u8>, Option<Vec<u8>>)> = Exec::Db(self.db)
+            .all(
+                "SELECT request_id, body, result FROM consent_requests
+                 WHERE state IN ($1, $2) AND lease_until < $3 AND due_at > $3 ORDER BY due_at",
+                &[
+                    i64::from(pb::RequestState::InProgress as i32).into(),
+                    i64::from(pb::RequestState::Failed as i32).into(),
+                    now.into(),
+                ],
             )
-            .await
-            .map(|a| a.records_erased);
-            if let Ok(count) = &answer {
-                receipt.receipt.push(pb::ErasureReceiptLine {
-                    service: service.to_string(),
-                    kind: "records".into(),
-                    count: *count,
-                    erased_at: Some(timestamp(now_millis())),
-                });
+            .await?;
+        let mut taken = 0;
+        for (id, body, result) in rows {
+            // claim it: only one runner wins the lease
+            let claimed = Exec::Db(self.db)
+                .run(
+                    "UPDATE consent_requests SET lease_until = $2 WHERE request_id = $1 AND lease_until < $3",
+                    &[id.as_str().into(), (now_millis() + LEASE_MS).into(), now_millis().into()],
+                )
+                .await?;
+            if claimed != 1 {
+                continue;
             }
-            request.steps.push(step(service, answer));
+            let mut request = pb::DataSubjectRequest::decode(body.as_slice()).map_err(Error::internal)?;
+            self.advance(&mut request, result.unwrap_or_default()).await?;
+            taken += 1;
         }
-        receipt.encode_to_vec()
+        Ok(taken)
     }
+
+    /// One service's export, merged into the document so far.
+    async fn export(
+        &self,
+        request: &mut pb::DataSubjectRequest,
+        subject: &common::CustomerRef,
+        service: &str,
+        result: &mut Vec<u8>,
+    ) -> Result<i64, Status> {
+        let a =
+            export_at(self.clients, service, common::ExportCustomerRequest { customer: Some(subject.clone()) }).await?;
+        if !a.customer_id.is_empty() && !request.customer_ids.contains(&a.customer_id) {
+            request.customer_ids.push(a.customer_id.clone());
+        }
+        let data = a.data.as_ref().map(|d| serde_json::Value::Object(struct_to_json(d))).unwrap_or_default();
+        let records = records_in(&data);
+        let mut document = prost_types::Struct::decode(result.as_slice())
+            .map(|d| serde_json::Value::Object(struct_to_json(&d)))
+            .unwrap_or_default();
+        if !document.is_object() {
+            document = serde_json::json!({});
+        }
+        document["request_id"] = request.request_id.clone().into();
+        document["customer_ids"] = serde_json::json!(request.customer_ids);
+        document["generated_at"] = chrono::Utc::now().to_rfc3339().into();
+        if !document["services"].is_object() {
+            document["services"] = serde_json::json!({});
+        }
+        document["services"][service] = data;
+        *result = json_to_struct(document).encode_to_vec();
+        Ok(records)
+    }
+
+    /// One service's erasure, its line added to the receipt so far.
+    async fn erase(
+        &self,
+        request: &pb::DataSubjectRequest,
+        subject: &common::CustomerRef,
+        service: &str,
+        result: &mut Vec<u8>,
+    ) -> Result<i64, Status> {
+        let reason = format!("data-subject request {}", request.request_id);
+        let erased =
+            erase_at(self.clients, service, common::EraseCustomerRequest { customer: Some(subject.clone()), reason })
+                .await?
+                .records_erased;
+        let mut receipt = pb::ErasureResult::decode(result.as_slice()).unwrap_or_default();
+        receipt.receipt.push(pb::ErasureReceiptLine {
+            service: service.to_string(),
+            kind: "records".into(),
+            count: erased,
+            erased_at: Some(timestamp(now_millis())),
+        });
+        *result = receipt.encode_to_vec();
+        Ok(erased)
+    }
+}
+
+/// Carries on unfinished requests: once at start (a request a stopped process left behind), then every
+/// `every`, until shutdown.
+pub fn retrier(
+    db: Db,
+    clients: Clients,
+    deadline_days: i32,
+    every: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let requests = Requests { db: &db, clients: &clients, deadline_days };
+            match requests.retry_unfinished().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(requests = n, "unfinished data-subject requests carried on"),
+                Err(e) => tracing::warn!(error = %e, "carrying on data-subject requests failed; trying again later"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    })
 }

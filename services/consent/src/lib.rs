@@ -3,6 +3,7 @@
 //! follows the person through identity's merges and splits.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rapport_proto::consent::v1::consent_service_server::ConsentServiceServer;
 use rapport_rpc::{Mounted, ServiceContext, feed_source};
@@ -84,8 +85,10 @@ pub async fn mount(ctx: ServiceContext) -> anyhow::Result<Mounted> {
     let clients = ctx.clients.clone();
     let db = ctx.db.clone();
     let shutdown = ctx.shutdown.clone();
+    let retry = Duration::from_secs(store.settings.request_retry_seconds);
+    let deadline_days = store.settings.request_deadline_days;
     Ok(Mounted::new(NAME, ctx.db.clone(), server).with_http(http::router(consent)).with_background(move || {
-        let mut tasks = Vec::new();
+        let mut tasks = vec![dsr::retrier(db.clone(), clients.clone(), deadline_days, retry, shutdown.clone())];
         // Bounces, complaints and unsubscribes reported to delivery suppress the address.
         if clients.is_wired("delivery") {
             let handler = Arc::new(delivery_feed::DeliveryFeed { store: store.clone() });

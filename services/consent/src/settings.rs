@@ -40,6 +40,9 @@ pub struct ConsentSettings {
     pub public_base_url: String,
     /// Days allowed to answer a data-subject request.
     pub request_deadline_days: i32,
+    /// Seconds between attempts to carry on data-subject requests left unfinished (a service that could
+    /// not be reached, a process stopped mid-request); they are retried until their deadline.
+    pub request_retry_seconds: u64,
     /// For TC strings: each purpose granted on the web channel when every listed TCF purpose (1..=11)
     /// has consent, and denied otherwise. Purposes not listed are not recorded from TC strings.
     pub tcf_purposes: BTreeMap<String, Vec<u32>>,
@@ -66,6 +69,7 @@ impl Default for ConsentSettings {
             token_secret: String::new(),
             public_base_url: String::new(),
             request_deadline_days: 30,
+            request_retry_seconds: 60,
             tcf_purposes: [
                 ("marketing", vec![1, 3, 4]),
                 ("personalisation", vec![1, 5, 6]),
@@ -116,6 +120,9 @@ impl ConsentSettings {
                 "consent.phone_default_region: `{}` is not an ISO 3166 region code",
                 self.phone_default_region
             ));
+        }
+        if self.request_retry_seconds == 0 || self.request_retry_seconds > 86_400 {
+            return Err("consent.request_retry_seconds: must be between 1 and 86400".into());
         }
         if self.double_opt_in_ttl_seconds <= 0 {
             return Err("consent.double_opt_in_ttl_seconds: must be positive".into());
