@@ -378,6 +378,25 @@ async fn hierarchy_account_site_contact_with_moves_cycles_and_kind_pairs_refused
     }
     assert_eq!(events[3].previous_parent_customer_id, site);
     assert!(events[4].parent_customer_id.is_empty() && events[4].previous_parent_customer_id == other_site);
+
+    // Each entity's creation reached the feed with its kind.
+    let mut feed = client
+        .subscribe(suite.admin(SubscribeRequest { topics: vec!["identity.created".into()], ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut kinds = std::collections::HashMap::new();
+    while kinds.len() < 3 {
+        let record =
+            tokio::time::timeout(std::time::Duration::from_secs(10), feed.next()).await.unwrap().unwrap().unwrap();
+        let event = pb::CustomerCreated::decode(record.payload.unwrap().value.as_slice()).unwrap();
+        if [&account, &site, &contact].contains(&&event.customer_id) {
+            kinds.insert(event.customer_id, event.kind);
+        }
+    }
+    assert_eq!(kinds[&account], pb::EntityKind::Account as i32);
+    assert_eq!(kinds[&site], pb::EntityKind::Site as i32);
+    assert_eq!(kinds[&contact], pb::EntityKind::Contact as i32);
     suite.stop().await;
 }
 

@@ -262,7 +262,8 @@ pub struct Graph {
 
 /// Encodes the outbox payloads of graph changes (the gRPC layer supplies the protobuf encoding).
 pub trait EventEncoder: Send + Sync {
-    fn created(&self, customer_id: &str, identifiers: &[Ident], origin: &Origin) -> OutboxMessage;
+    /// A new customer of `kind` (person, household, account, site, contact).
+    fn created(&self, customer_id: &str, kind: &str, identifiers: &[Ident], origin: &Origin) -> OutboxMessage;
     fn merged(&self, change: &GraphChange) -> OutboxMessage;
     fn split(&self, change: &GraphChange, identifiers: &[Ident]) -> OutboxMessage;
     fn erased(&self, customer_id: &str, aliases: &[String]) -> OutboxMessage;
@@ -511,7 +512,7 @@ impl Graph {
             insert_change(tx, &change).await?;
         }
         if resolved.created {
-            messages.push(self.events.created(&survivor, &evidence, &origin));
+            messages.push(self.events.created(&survivor, kind, &evidence, &origin));
         }
         resolved.customer_id = survivor;
         Ok((resolved, messages))

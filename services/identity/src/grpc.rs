@@ -623,7 +623,7 @@ fn message<M: Message + Name>(topic: &str, key: &str, m: &M) -> OutboxMessage {
 }
 
 impl EventEncoder for ProtoEvents {
-    fn created(&self, customer_id: &str, identifiers: &[Ident], origin: &Origin) -> OutboxMessage {
+    fn created(&self, customer_id: &str, kind: &str, identifiers: &[Ident], origin: &Origin) -> OutboxMessage {
         let event = pb::CustomerCreated {
             customer_id: customer_id.to_string(),
             identifiers: identifiers.iter().map(to_wire).collect(),
@@ -632,7 +632,7 @@ impl EventEncoder for ProtoEvents {
                 source_record_id: origin.event_id.clone(),
                 actor: String::new(),
             }),
-            kind: pb::EntityKind::Person as i32,
+            kind: kind_to_wire(kind) as i32,
             occurred_at: None,
         };
         message(graph::TOPIC_CREATED, customer_id, &event)

@@ -614,7 +614,7 @@ async fn execute(graph: &Graph, run: &mut pb::MatchingRun, cancel: &Cancellation
                 .await?;
                 run.customers_created += 1;
                 let rec_origin = Origin { source: wire.source.clone(), event_id: wire.record_id.clone() };
-                messages.push(graph.events().created(&id, &[], &rec_origin));
+                messages.push(graph.events().created(&id, e.kind.as_str(), &[], &rec_origin));
                 customer.push(id);
             }
         }

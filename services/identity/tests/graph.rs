@@ -11,7 +11,7 @@ use rapport_storage::{Outbox, OutboxMessage};
 struct JsonEvents;
 
 impl EventEncoder for JsonEvents {
-    fn created(&self, customer_id: &str, _: &[Ident], _: &Origin) -> OutboxMessage {
+    fn created(&self, customer_id: &str, _: &str, _: &[Ident], _: &Origin) -> OutboxMessage {
         OutboxMessage::new("identity.created", customer_id, "test", vec![])
     }
     fn merged(&self, change: &GraphChange) -> OutboxMessage {
