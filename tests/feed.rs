@@ -112,3 +112,47 @@ async fn a_consumer_applies_each_record_once_across_failures_and_restarts() {
     db.close().await;
     suite.stop().await;
 }
+
+#[tokio::test]
+async fn subscribe_from_a_pruned_position_is_out_of_range_and_from_the_horizon_works() {
+    use rapport_proto::common::v1::SubscribeRequest;
+    let suite = TestSuite::start_with(SuiteOptions::services(&["identity"])).await;
+    for i in 0..3 {
+        resolve(&suite, &format!("old{i}@example.com")).await;
+    }
+    // The retention passes over everything written so far (as the pruner does for rows older than
+    // storage.outbox_retention_hours).
+    let db = suite.storage.connect("identity").await;
+    let outbox = rapport_storage::Outbox::new(db.clone());
+    let pruned = outbox.prune(rapport_storage::now_millis() + 1_000, 2).await.unwrap();
+    assert!(pruned >= 3, "{pruned}");
+    let horizon = outbox.horizon(&[]).await.unwrap().through_sequence;
+    assert!(horizon >= 3);
+
+    let mut client = IdentityServiceClient::new(suite.channel().await);
+    for after in [0, horizon - 1] {
+        let status =
+            match client.subscribe(suite.admin(SubscribeRequest { after_sequence: after, ..Default::default() })).await
+            {
+                Ok(response) => response.into_inner().message().await.expect_err("a pruned position"),
+                Err(status) => status,
+            };
+        assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+        assert!(status.message().contains(&format!("after_sequence: {after} ")), "{}", status.message());
+        assert!(status.message().contains(&format!("horizon {horizon}")), "{}", status.message());
+        assert!(status.message().contains("storage.outbox_retention_hours"), "{}", status.message());
+    }
+
+    // From the horizon nothing was lost: the next record written arrives.
+    let mut stream = client
+        .subscribe(suite.admin(SubscribeRequest { after_sequence: horizon, ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner();
+    resolve(&suite, "new@example.com").await;
+    let record = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.unwrap().unwrap().unwrap();
+    assert!(record.sequence > horizon, "{} after {horizon}", record.sequence);
+    drop(stream);
+    db.close().await;
+    suite.stop().await;
+}

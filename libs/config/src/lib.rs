@@ -65,6 +65,9 @@ pub struct ServerSettings {
     pub request_timeout_ms: u64,
 }
 
+/// The largest `storage.outbox_retention_hours` (100 years), so that the cutoff stays representable.
+pub const MAX_OUTBOX_RETENTION_HOURS: u64 = 876_000;
+
 /// The `[storage]` section.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,6 +75,8 @@ pub struct StorageSettings {
     pub url: Secret,
     pub max_connections: u32,
     pub acquire_timeout_seconds: u64,
+    pub outbox_retention_hours: u64,
+    pub outbox_prune_interval_seconds: u64,
 }
 
 /// The `[cache]` section.
@@ -321,7 +326,28 @@ impl Settings {
                 )));
             }
         }
+        if self.storage.outbox_retention_hours > MAX_OUTBOX_RETENTION_HOURS {
+            return Err(ConfigError::Invalid(format!(
+                "storage.outbox_retention_hours: {} is more than {MAX_OUTBOX_RETENTION_HOURS} (100 years); 0 keeps \
+                 the outbox forever",
+                self.storage.outbox_retention_hours
+            )));
+        }
+        if !(1..=86_400).contains(&self.storage.outbox_prune_interval_seconds) {
+            return Err(ConfigError::Invalid(format!(
+                "storage.outbox_prune_interval_seconds: must be between 1 and 86400, got {}",
+                self.storage.outbox_prune_interval_seconds
+            )));
+        }
         Ok(())
+    }
+
+    /// How long outbox records are kept, `None` when they are kept forever (`storage.outbox_retention_hours`).
+    pub fn outbox_retention(&self) -> Option<std::time::Duration> {
+        match self.storage.outbox_retention_hours {
+            0 => None,
+            h => Some(std::time::Duration::from_secs(h * 3600)),
+        }
     }
 
     /// The services this process runs.
@@ -423,6 +449,37 @@ mod tests {
             Settings::load_with_env(None, &Overrides::default(), env(&[("RAPPORT__SERVER__SERVICES", "billing")]))
                 .unwrap_err();
         assert!(err.to_string().contains("billing"), "{err}");
+    }
+
+    #[test]
+    fn outbox_retention_is_validated() {
+        let s = Settings::load_with_env(None, &Overrides::default(), env(&[])).unwrap();
+        assert_eq!(s.outbox_retention(), Some(std::time::Duration::from_secs(168 * 3600)));
+        assert_eq!(s.storage.outbox_prune_interval_seconds, 3600);
+        let s = Settings::load_with_env(
+            None,
+            &Overrides::default(),
+            env(&[("RAPPORT__STORAGE__OUTBOX_RETENTION_HOURS", "0")]),
+        )
+        .unwrap();
+        assert_eq!(s.outbox_retention(), None);
+        for (key, value) in [
+            ("RAPPORT__STORAGE__OUTBOX_RETENTION_HOURS", "-1"),
+            ("RAPPORT__STORAGE__OUTBOX_RETENTION_HOURS", "a week"),
+            ("RAPPORT__STORAGE__OUTBOX_RETENTION_HOURS", "876001"),
+        ] {
+            let err = Settings::load_with_env(None, &Overrides::default(), env(&[(key, value)])).unwrap_err();
+            assert!(err.to_string().contains("outbox_retention_hours"), "{value}: {err}");
+        }
+        for value in ["0", "86401", "-5"] {
+            let err = Settings::load_with_env(
+                None,
+                &Overrides::default(),
+                env(&[("RAPPORT__STORAGE__OUTBOX_PRUNE_INTERVAL_SECONDS", value)]),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("outbox_prune_interval_seconds"), "{value}: {err}");
+        }
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub enum ErrorCode {
     Unavailable,
     /// A deadline passed before the work finished.
     DeadlineExceeded,
+    /// A position past the valid range, e.g. a feed position older than the outbox retention kept.
+    OutOfRange,
     /// The operation is not implemented (yet).
     Unimplemented,
     /// A bug or an unexpected failure; details are in the logs only.
@@ -50,6 +52,7 @@ impl ErrorCode {
             ErrorCode::ResourceExhausted => tonic::Code::ResourceExhausted,
             ErrorCode::Unavailable => tonic::Code::Unavailable,
             ErrorCode::DeadlineExceeded => tonic::Code::DeadlineExceeded,
+            ErrorCode::OutOfRange => tonic::Code::OutOfRange,
             ErrorCode::Unimplemented => tonic::Code::Unimplemented,
             ErrorCode::Internal => tonic::Code::Internal,
         }

@@ -15,8 +15,10 @@ pub const MAX_BATCH: i32 = 5_000;
 
 /// Serves `request` from `outbox`: every record after `after_sequence`, then new ones as they commit.
 /// The stream ends when `shutdown` is cancelled, so that subscribers do not hold up a graceful stop;
-/// they resume from their last sequence on the next process.
-pub fn subscribe(
+/// they resume from their last sequence on the next process. A position older than the outbox's horizon
+/// (rows after it were pruned by `storage.outbox_retention_hours`) is refused with OUT_OF_RANGE, at once
+/// and, should a prune overtake a slow subscriber, as the stream's last item.
+pub async fn subscribe(
     outbox: &Outbox,
     request: SubscribeRequest,
     shutdown: &tokio_util::sync::CancellationToken,
@@ -30,6 +32,7 @@ pub fn subscribe(
     if let Some((i, _)) = request.topics.iter().enumerate().find(|(_, t)| t.trim().is_empty()) {
         return Err(tonic::Status::invalid_argument(format!("topics[{i}]: must not be empty")));
     }
+    outbox.check_position(request.after_sequence, &request.topics).await.map_err(tonic::Status::from)?;
     let batch = if request.max_batch == 0 { 500 } else { request.max_batch };
     let stream = outbox
         .stream(request.after_sequence, request.topics, i64::from(batch), Duration::from_millis(250))
@@ -124,12 +127,24 @@ pub fn consume(
                 _ = shutdown.cancelled() => return,
                 r = run_once(consumer, &db, &source, &topics, handler.as_ref()) => r,
             };
+            let mut wait = backoff;
             match outcome {
                 Ok(()) => {
                     backoff = Duration::from_millis(100);
                     failures = 0;
                 }
+                Err(e) if e.out_of_range => {
+                    // Not transient: the records this consumer needs next are gone from the source.
+                    tracing::error!(
+                        consumer,
+                        error = %e.message,
+                        "feed consumer is behind the source's outbox retention and must be re-seeded (docs/operations.md)"
+                    );
+                    metrics::counter!("rapport_feed_consumer_errors_total", "consumer" => consumer).increment(1);
+                    wait = OUT_OF_RANGE_RETRY;
+                }
                 Err(e) => {
+                    let e = e.message;
                     failures += 1;
                     // The first failures of a starting system are expected (the source may start later).
                     if failures > 3 {
@@ -142,11 +157,34 @@ pub fn consume(
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     })
+}
+
+/// How often a consumer left behind by the source's retention retries (and logs it), in case an operator
+/// moved its cursor.
+const OUT_OF_RANGE_RETRY: Duration = Duration::from_secs(60);
+
+/// Why a pass of the consumer stopped.
+struct Failure {
+    /// The source answered OUT_OF_RANGE: the cursor is older than its retention kept.
+    out_of_range: bool,
+    message: String,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Self { out_of_range: false, message }
+    }
+}
+
+impl Failure {
+    fn status(s: tonic::Status) -> Self {
+        Self { out_of_range: s.code() == tonic::Code::OutOfRange, message: format!("{}: {}", s.code(), s.message()) }
+    }
 }
 
 /// How long opening a feed may take before the consumer gives up and retries.
@@ -158,7 +196,7 @@ async fn run_once(
     source: &FeedSource,
     topics: &[String],
     handler: &dyn FeedHandler,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let after = rapport_storage::Cursors::load(db, consumer).await.map_err(|e| e.to_string())?;
     let request = SubscribeRequest { after_sequence: after, topics: topics.to_vec(), max_batch: 0 };
     // A deadline on opening the stream (the remote transport's timeout covers only remote calls); a stream
@@ -166,9 +204,9 @@ async fn run_once(
     let mut stream = tokio::time::timeout(FEED_OPEN_TIMEOUT, source(request))
         .await
         .map_err(|_| format!("opening the feed took more than {} s", FEED_OPEN_TIMEOUT.as_secs()))?
-        .map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+        .map_err(Failure::status)?;
     while let Some(item) = stream.next().await {
-        let record = item.map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+        let record = item.map_err(Failure::status)?;
         handler.prepare(&record).await.map_err(|e| e.to_string())?;
         let mut tx = db.begin().await.map_err(|e| e.to_string())?;
         handler.apply(&mut tx, &record).await.map_err(|e| e.to_string())?;

@@ -17,10 +17,11 @@ pub mod testing;
 pub use audit::{Audit, AuditEntry, AuditWriter};
 pub use db::{Backend, Db, PoolSettings, Tx, connect, migrate};
 pub use group::{GroupCommit, WriteBatch};
-pub use outbox::{Cursors, Outbox, OutboxMessage, OutboxRow};
+pub use outbox::{Cursors, Horizon, Outbox, OutboxMessage, OutboxRow, spawn_pruner};
 pub use sqlx;
 
-/// A storage failure. Connection problems are `Unavailable`; everything else is internal.
+/// A storage failure. Connection problems are `Unavailable`, a feed position older than the retention
+/// `OutOfRange`; everything else is internal.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     /// The URL is malformed or names an unsupported backend.
@@ -35,6 +36,15 @@ pub enum StorageError {
     /// A query failed.
     #[error("query failed: {0}")]
     Query(#[from] sqlx::Error),
+    /// A feed read from a position whose following rows the outbox retention pruned: answering would
+    /// silently skip them. The consumer fell behind by more than the retention and must be re-seeded.
+    #[error(
+        "after_sequence: {after} is behind the outbox horizon {horizon}: the records up to sequence {horizon} \
+         were pruned by the retention (storage.outbox_retention_hours, {retention_hours} h at the last prune, \
+         records created before {pruned_before}); the consumer fell behind by more than the retention and must \
+         be re-seeded"
+    )]
+    OutOfRange { after: i64, horizon: i64, retention_hours: i64, pruned_before: String },
 }
 
 impl StorageError {
@@ -54,6 +64,9 @@ fn is_connection_error(e: &sqlx::Error) -> bool {
 
 impl rapport_errors::DomainError for StorageError {
     fn error_code(&self) -> rapport_errors::ErrorCode {
+        if let StorageError::OutOfRange { .. } = self {
+            return rapport_errors::ErrorCode::OutOfRange;
+        }
         if self.is_unavailable() { rapport_errors::ErrorCode::Unavailable } else { rapport_errors::ErrorCode::Internal }
     }
 }

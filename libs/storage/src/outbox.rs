@@ -3,6 +3,7 @@ use std::{sync::Arc, time::Duration};
 use futures::Stream;
 use sqlx::Row;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::{Backend, Db, StorageError, Tx, now_millis, on_db, on_tx};
 
@@ -54,6 +55,20 @@ pub struct Outbox {
     appended: Arc<Notify>,
 }
 
+/// How far the retention pruned a feed (or the part of it some topics make up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Horizon {
+    /// Every row at or below this sequence that matters to the reader is gone (0: nothing pruned).
+    pub through_sequence: i64,
+    /// The created_at cutoff of the last prune that moved it (ms since the epoch).
+    pub pruned_before: i64,
+    /// When that prune ran (ms since the epoch).
+    pub pruned_at: i64,
+}
+
+/// Rows deleted per transaction by [`Outbox::prune`] when run by [`spawn_pruner`].
+pub const PRUNE_BATCH: i64 = 1_000;
+
 /// The advisory lock key that serialises outbox writers on PostgreSQL ("rapport" in ASCII).
 const OUTBOX_LOCK: i64 = 0x0072_6170_706f_7274;
 
@@ -101,7 +116,8 @@ impl Outbox {
         self.appended.notify_waiters();
     }
 
-    /// Up to `limit` rows after `after`, in order, optionally only of `topics`.
+    /// Up to `limit` rows after `after`, in order, optionally only of `topics`. Fails with
+    /// [`StorageError::OutOfRange`] when the retention pruned a row the read would have returned.
     pub async fn read_after(&self, after: i64, topics: &[String], limit: i64) -> Result<Vec<OutboxRow>, StorageError> {
         let mut sql = String::from(
             "SELECT sequence, topic, key, payload_type, payload, created_at FROM outbox WHERE sequence > $1",
@@ -127,19 +143,135 @@ impl Outbox {
                 })
             }).collect::<Result<Vec<_>, _>>()?
         });
+        // Checked after the read: a prune commits its deletes and its horizon together, so a read that
+        // missed pruned rows is always followed by a check that sees the horizon past `after`.
+        self.check_position(after, topics).await?;
         Ok(rows)
     }
 
-    /// The highest sequence written so far (0 when empty), for lag metrics.
+    /// How far the retention pruned the rows of `topics` (all rows when empty).
+    pub async fn horizon(&self, topics: &[String]) -> Result<Horizon, StorageError> {
+        let mut sql = String::from(
+            "SELECT MAX(through_sequence) AS through_sequence, MAX(pruned_before) AS pruned_before, \
+             MAX(pruned_at) AS pruned_at FROM outbox_horizon",
+        );
+        if !topics.is_empty() {
+            let marks: Vec<String> = (0..topics.len()).map(|i| format!("${}", i + 1)).collect();
+            sql.push_str(&format!(" WHERE topic IN ({})", marks.join(", ")));
+        }
+        let row: (Option<i64>, Option<i64>, Option<i64>) = on_db!(&self.db, p => {
+            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
+            for t in topics {
+                q = q.bind(t);
+            }
+            q.fetch_one(p).await?
+        });
+        Ok(Horizon {
+            through_sequence: row.0.unwrap_or(0),
+            pruned_before: row.1.unwrap_or(0),
+            pruned_at: row.2.unwrap_or(0),
+        })
+    }
+
+    /// Fails with [`StorageError::OutOfRange`] when a row of `topics` after `after` was pruned, so that
+    /// reading on from `after` would skip it. Position 0 (a consumer that never ran) is no exception: it
+    /// expects the whole feed.
+    pub async fn check_position(&self, after: i64, topics: &[String]) -> Result<(), StorageError> {
+        let h = self.horizon(topics).await?;
+        if after < h.through_sequence {
+            let pruned_before = chrono::DateTime::from_timestamp_millis(h.pruned_before)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_else(|| h.pruned_before.to_string());
+            return Err(StorageError::OutOfRange {
+                after,
+                horizon: h.through_sequence,
+                retention_hours: ((h.pruned_at - h.pruned_before) as f64 / 3_600_000.0).round() as i64,
+                pruned_before,
+            });
+        }
+        Ok(())
+    }
+
+    /// Deletes the oldest part of the feed: every row up to the newest one created before `cutoff_ms`
+    /// (a prefix, never a hole), `batch` rows per transaction, recording per topic the highest sequence
+    /// pruned in the same transaction. Returns the number of rows deleted. Sequences are never reused,
+    /// so appends after a prune keep counting up.
+    pub async fn prune(&self, cutoff_ms: i64, batch: i64) -> Result<u64, StorageError> {
+        let batch = batch.max(1);
+        let target: Option<i64> = on_db!(&self.db, p => sqlx::query_scalar(
+            "SELECT MAX(sequence) FROM outbox WHERE created_at < $1",
+        )
+        .bind(cutoff_ms)
+        .fetch_one(p)
+        .await?);
+        let Some(target) = target else {
+            return Ok(0);
+        };
+        let mut pruned = 0u64;
+        loop {
+            let mut tx = self.db.begin().await?;
+            let upto: Option<i64> = on_tx!(&mut tx, t => sqlx::query_scalar(
+                "SELECT MAX(sequence) FROM (SELECT sequence FROM outbox WHERE sequence <= $1 ORDER BY sequence LIMIT $2) AS b",
+            )
+            .bind(target)
+            .bind(batch)
+            .fetch_one(&mut **t)
+            .await?);
+            let Some(upto) = upto else {
+                break;
+            };
+            let topics: Vec<(String, i64)> = on_tx!(&mut tx, t => sqlx::query_as(
+                "SELECT topic, MAX(sequence) FROM outbox WHERE sequence <= $1 GROUP BY topic",
+            )
+            .bind(upto)
+            .fetch_all(&mut **t)
+            .await?);
+            let now = now_millis();
+            for (topic, through) in &topics {
+                on_tx!(&mut tx, t => sqlx::query(
+                    "INSERT INTO outbox_horizon (topic, through_sequence, pruned_before, pruned_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (topic) DO UPDATE SET \
+                     through_sequence = CASE WHEN excluded.through_sequence > outbox_horizon.through_sequence \
+                         THEN excluded.through_sequence ELSE outbox_horizon.through_sequence END, \
+                     pruned_before = excluded.pruned_before, pruned_at = excluded.pruned_at",
+                )
+                .bind(topic)
+                .bind(through)
+                .bind(cutoff_ms)
+                .bind(now)
+                .execute(&mut **t)
+                .await
+                .map(|_| ()))?;
+            }
+            let deleted = on_tx!(&mut tx, t => sqlx::query("DELETE FROM outbox WHERE sequence <= $1")
+                .bind(upto)
+                .execute(&mut **t)
+                .await
+                .map(|r| r.rows_affected()))?;
+            tx.commit().await?;
+            pruned += deleted;
+            if upto >= target {
+                break;
+            }
+        }
+        Ok(pruned)
+    }
+
+    /// The highest sequence written so far (0 when nothing was), for lag metrics; the horizon when the
+    /// retention pruned every row.
     pub async fn head(&self) -> Result<i64, StorageError> {
-        let head: Option<i64> =
-            on_db!(&self.db, p => sqlx::query_scalar("SELECT MAX(sequence) FROM outbox").fetch_one(p).await?);
+        let head: Option<i64> = on_db!(&self.db, p => sqlx::query_scalar(
+            "SELECT COALESCE((SELECT MAX(sequence) FROM outbox), (SELECT MAX(through_sequence) FROM outbox_horizon))",
+        )
+        .fetch_one(p)
+        .await?);
         Ok(head.unwrap_or(0))
     }
 
     /// An endless stream of rows after `after`. It wakes at once on appends made through this process
     /// and polls every `poll` for appends made by other processes. Resuming is passing the last sequence
-    /// the consumer applied.
+    /// the consumer applied. A position the retention left behind ends the stream with
+    /// [`StorageError::OutOfRange`] (see [`Outbox::check_position`]).
     pub fn stream(
         &self,
         after: i64,
@@ -205,6 +337,53 @@ impl Cursors {
         .map(|_| ()))?;
         Ok(())
     }
+}
+
+/// Prunes `outbox` (the outbox of `service`) every `interval`, first at start: rows older than `retention`
+/// go, [`PRUNE_BATCH`] per transaction. Counts them in `rapport_outbox_pruned_total{service}` and logs
+/// counts only. Stops when `shutdown` is cancelled (an interrupted batch rolls back).
+pub fn spawn_pruner(
+    service: &'static str,
+    outbox: Outbox,
+    retention: Duration,
+    interval: Duration,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let counter = metrics::counter!("rapport_outbox_pruned_total", "service" => service);
+    counter.increment(0);
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    tokio::spawn(async move {
+        loop {
+            let started = std::time::Instant::now();
+            let cutoff = now_millis().saturating_sub(retention_ms);
+            let pass = async {
+                let pruned = outbox.prune(cutoff, PRUNE_BATCH).await?;
+                let horizon = if pruned > 0 { outbox.horizon(&[]).await?.through_sequence } else { 0 };
+                Ok::<_, StorageError>((pruned, horizon))
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                outcome = pass => match outcome {
+                    Ok((0, _)) => tracing::debug!(service, "outbox prune: nothing older than the retention"),
+                    Ok((pruned, horizon)) => {
+                        counter.increment(pruned);
+                        tracing::info!(
+                            service,
+                            pruned,
+                            horizon,
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "outbox pruned"
+                        );
+                    }
+                    Err(e) => tracing::warn!(service, error = %e, "outbox prune failed; retrying at the next interval"),
+                },
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    })
 }
 
 impl Backend {

@@ -757,7 +757,7 @@ fn suppression_json(s: &pb::Suppression) -> serde_json::Value {
 #[tonic::async_trait]
 impl ConsentService for Consent {
     async fn subscribe(&self, request: Request<common::SubscribeRequest>) -> Result<Response<RecordStream>, Status> {
-        rapport_rpc::feed::subscribe(&self.store.outbox, request.into_inner(), &self.shutdown).map(Response::new)
+        rapport_rpc::feed::subscribe(&self.store.outbox, request.into_inner(), &self.shutdown).await.map(Response::new)
     }
 
     async fn record(&self, request: Request<pb::RecordRequest>) -> Result<Response<pb::RecordResponse>, Status> {

@@ -147,7 +147,7 @@ impl Decisions {
 #[tonic::async_trait]
 impl DecisionService for Decisions {
     async fn subscribe(&self, request: Request<common::SubscribeRequest>) -> Result<Response<RecordStream>, Status> {
-        rapport_rpc::feed::subscribe(&self.store.outbox, request.into_inner(), &self.shutdown).map(Response::new)
+        rapport_rpc::feed::subscribe(&self.store.outbox, request.into_inner(), &self.shutdown).await.map(Response::new)
     }
 
     async fn export_customer(

@@ -455,7 +455,7 @@ fn page_of(p: Option<&common::PageRequest>) -> (i32, String) {
 #[tonic::async_trait]
 impl DeliveryService for Delivery {
     async fn subscribe(&self, request: Request<common::SubscribeRequest>) -> Result<Response<RecordStream>, Status> {
-        rapport_rpc::feed::subscribe(&self.outbox, request.into_inner(), &self.shutdown).map(Response::new)
+        rapport_rpc::feed::subscribe(&self.outbox, request.into_inner(), &self.shutdown).await.map(Response::new)
     }
 
     async fn send(&self, request: Request<pb::SendRequest>) -> Result<Response<pb::SendResponse>, Status> {

@@ -233,7 +233,7 @@ impl Identity {
 #[tonic::async_trait]
 impl IdentityService for Identity {
     async fn subscribe(&self, request: Request<common::SubscribeRequest>) -> Result<Response<RecordStream>, Status> {
-        rapport_rpc::feed::subscribe(&self.outbox, request.into_inner(), &self.shutdown).map(Response::new)
+        rapport_rpc::feed::subscribe(&self.outbox, request.into_inner(), &self.shutdown).await.map(Response::new)
     }
 
     async fn resolve(&self, request: Request<pb::ResolveRequest>) -> Result<Response<pb::ResolveResponse>, Status> {

@@ -379,7 +379,7 @@ impl Profiles {
 #[tonic::async_trait]
 impl ProfileService for Profiles {
     async fn subscribe(&self, request: Request<common::SubscribeRequest>) -> Result<Response<RecordStream>, Status> {
-        rapport_rpc::feed::subscribe(&self.outbox, request.into_inner(), &self.shutdown).map(Response::new)
+        rapport_rpc::feed::subscribe(&self.outbox, request.into_inner(), &self.shutdown).await.map(Response::new)
     }
 
     async fn track(&self, request: Request<pb::TrackRequest>) -> Result<Response<pb::TrackResponse>, Status> {

@@ -167,6 +167,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
     for m in &mut mounted {
         background.extend(m.start_background());
     }
+    // The retention of each service's outbox (storage.outbox_retention_hours; 0 keeps it forever).
+    if let Some(retention) = settings.outbox_retention() {
+        let interval = Duration::from_secs(settings.storage.outbox_prune_interval_seconds);
+        for m in &mounted {
+            let outbox = rapport_storage::Outbox::new(m.db.clone());
+            background.push(rapport_storage::spawn_pruner(m.name, outbox, retention, interval, shutdown.child_token()));
+        }
+    }
     let dbs: Vec<_> = mounted.iter().map(|m| m.db.clone()).collect();
     let grpc_names = mounted.iter().map(|m| m.grpc_name).collect();
 
