@@ -898,3 +898,221 @@ city = "most_complete_record"
     assert!(g.attributes.is_empty() && g.records.is_empty(), "{g:?}");
     suite.stop().await;
 }
+
+/// Every text the identity database holds about records and matching (`source_records`, `review_tasks`,
+/// `graph_changes`, `identifiers`), hex-decoded where stored as hex, lower-cased.
+async fn stored_text(db: &rapport_storage::Db) -> String {
+    use rapport_storage::sql::Exec;
+    let mut out = String::new();
+    for sql in [
+        "SELECT source || ' ' || record_id || ' ' || data FROM source_records",
+        "SELECT left_record_id || ' ' || right_record_id || ' ' || data FROM review_tasks",
+        "SELECT evidence FROM graph_changes",
+        "SELECT value FROM identifiers",
+    ] {
+        let rows: Vec<(String,)> = Exec::Db(db).all(sql, &[]).await.unwrap();
+        for (text,) in rows {
+            for word in text.split(' ') {
+                match word.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    true if word.len() % 2 == 0 => {
+                        let bytes: Vec<u8> = (0..word.len())
+                            .step_by(2)
+                            .map(|i| u8::from_str_radix(&word[i..i + 2], 16).unwrap())
+                            .collect();
+                        out.push_str(&String::from_utf8_lossy(&bytes));
+                    }
+                    _ => out.push_str(word),
+                }
+                out.push('\n');
+            }
+        }
+    }
+    out.to_lowercase()
+}
+
+#[tokio::test]
+async fn erasure_removes_the_source_records_review_tasks_and_compared_values_and_refuses_a_resubmission() {
+    use pb::EntityKind as K;
+    use rapport_proto::common::v1::{CustomerRef, EraseCustomerRequest, customer_ref::Ref};
+    let options = rapport_testkit::SuiteOptions::services(&["identity"]);
+    let suite = TestSuite::start_with(options.clone()).await;
+    let mut client = IdentityServiceClient::new(suite.channel().await);
+    // Zephyrine in two sources, her father Graham at the same address, and a household-only record that
+    // is a possible match of both.
+    let (background, _) = rapport_identity::matching::synth::generate(400, 8, 13);
+    let mut records: Vec<pb::SourceRecord> = background.iter().map(wire_record).collect();
+    let needles =
+        ["zephyrine", "z.hargreaves@old.example", "zeph@new.example", "1911-04-12", "qq 12 34 56 c", "qq123456"];
+    let synthetic = format!("{records:?}").to_lowercase();
+    assert!(needles.iter().all(|n| !synthetic.contains(n)), "her values are hers alone");
+    let home = [
+        ("last_name", "Hargreaves"),
+        ("street", "12 Park Row"),
+        ("postcode", "LS1 4AP"),
+        ("city", "Leeds"),
+        ("phone", "0113 496 0000"),
+    ];
+    let member = |source: &str, id: &str, extra: &[(&str, &str)]| {
+        let mut pairs = home.to_vec();
+        pairs.extend_from_slice(extra);
+        record(source, id, K::Person, &pairs)
+    };
+    let kate_crm = member(
+        "crm",
+        "c-1",
+        &[
+            ("first_name", "Zephyrine"),
+            ("date_of_birth", "1911-04-12"),
+            ("email", "z.hargreaves@old.example"),
+            ("national_id", "QQ 12 34 56 C"),
+        ],
+    );
+    let kate_loyalty = member(
+        "loyalty",
+        "l-1",
+        &[("first_name", "Zephyrine"), ("date_of_birth", "12/04/1911"), ("email", "zeph@new.example")],
+    );
+    let graham = member("crm", "p-1", &[("first_name", "Graham"), ("date_of_birth", "1958-07-01")]);
+    records.extend([kate_crm.clone(), kate_loyalty.clone(), graham.clone(), member("web", "h", &[])]);
+    let submitted =
+        client.submit_records(suite.admin(pb::SubmitRecordsRequest { records })).await.unwrap().into_inner();
+    assert!(submitted.rejected.is_empty(), "{:?}", submitted.rejected);
+    let run = finished_run(&mut client, &suite, pb::RunMatchingRequest::default()).await;
+    assert_eq!(run.state, pb::RunState::Succeeded as i32, "{}", run.error);
+    let before = assigned(&mut client, &suite).await;
+    let c = |a: &std::collections::HashMap<(String, String), pb::RecordAssignment>, s: &str, r: &str| {
+        a.get(&(s.to_string(), r.to_string())).map(|x| x.customer_id.clone())
+    };
+    let kate = c(&before, "crm", "c-1").unwrap();
+    assert_eq!(c(&before, "loyalty", "l-1").unwrap(), kate);
+    let dad = c(&before, "crm", "p-1").unwrap();
+    assert_ne!(dad, kate);
+    let explained = client.explain(suite.admin(pb::ExplainRequest { customer_id: kate.clone() })).await.unwrap();
+    let explained = explained.into_inner();
+    assert_eq!(explained.records.len(), 2);
+    let merge = explained.changes.iter().find(|ch| ch.rule == "probabilistic_match").expect("a probabilistic merge");
+    assert!(!merge.comparisons.is_empty());
+    let alias = explained.customer.unwrap().aliases.first().cloned().expect("the run merged two customers");
+
+    let is_kates = |r: &pb::SourceRecord| {
+        (r.source == "crm" && r.record_id == "c-1") || (r.source == "loyalty" && r.record_id == "l-1")
+    };
+    let tasks = |client: &mut IdentityServiceClient<tonic::transport::Channel>| {
+        let request = suite.admin(pb::ListReviewTasksRequest {
+            include_decided: true,
+            page: Some(rapport_proto::common::v1::PageRequest { page_size: 1000, page_token: String::new() }),
+            ..Default::default()
+        });
+        let mut client = client.clone();
+        async move { client.list_review_tasks(request).await.unwrap().into_inner().tasks }
+    };
+    let all_tasks = tasks(&mut client).await;
+    let hers: Vec<_> = all_tasks
+        .iter()
+        .filter(|t| is_kates(t.left.as_ref().unwrap()) || is_kates(t.right.as_ref().unwrap()))
+        .cloned()
+        .collect();
+    assert!(!hers.is_empty(), "the household record is a possible match of Zephyrine");
+    let others: Vec<_> = all_tasks.iter().filter(|t| !hers.contains(t)).map(|t| t.task_id.clone()).collect();
+    // One of her tasks decided: the refusal is a graph change with her values as evidence.
+    client
+        .resolve_review_task(suite.admin(pb::ResolveReviewTaskRequest {
+            task_id: hers[0].task_id.clone(),
+            same: false,
+            note: String::new(),
+        }))
+        .await
+        .unwrap();
+
+    let settings = TestSuite::settings(&suite.storage, &options).unwrap();
+    let db = rapport::services::open_db(&settings, "identity").await.unwrap();
+    // Her values as submitted and as the matcher standardised them.
+    let text = stored_text(&db).await;
+    for n in ["zephyrine", "z.hargreaves@old.example", "zeph@new.example", "1911-04-12", "qq 12 34 56 c"] {
+        assert!(text.contains(n), "the check reads the stored values: {n} is stored before the erasure");
+    }
+
+    let customer = Some(CustomerRef { r#ref: Some(Ref::CustomerId(alias.clone())) });
+    let erased = client
+        .erase_customer(suite.admin(EraseCustomerRequest { customer, reason: "ticket DSR-3".into() }))
+        .await
+        .unwrap()
+        .into_inner();
+    // Two records, her review tasks, the merge and the refusal at least.
+    assert!(erased.records_erased >= 2 + hers.len() as i64 + 2, "{erased:?}");
+
+    // No read shows her records again.
+    let explained =
+        client.explain(suite.admin(pb::ExplainRequest { customer_id: kate.clone() })).await.unwrap().into_inner();
+    assert!(explained.customer.as_ref().unwrap().erased);
+    assert!(explained.records.is_empty() && explained.changes.is_empty(), "{explained:?}");
+    let after = assigned(&mut client, &suite).await;
+    assert!(c(&after, "crm", "c-1").is_none() && c(&after, "loyalty", "l-1").is_none());
+    let of_kate = client
+        .list_record_assignments(
+            suite.admin(pb::ListRecordAssignmentsRequest { customer_id: kate.clone(), ..Default::default() }),
+        )
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(of_kate.assignments.is_empty(), "{of_kate:?}");
+    let left = tasks(&mut client).await;
+    assert!(left.iter().all(|t| !is_kates(t.left.as_ref().unwrap()) && !is_kates(t.right.as_ref().unwrap())));
+    for t in &hers {
+        let err = client
+            .get_review_task(suite.admin(pb::GetReviewTaskRequest { task_id: t.task_id.clone() }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+    }
+    let golden = |customer_id: &str| pb::GetGoldenRecordRequest { customer_id: customer_id.into(), read_mask: None };
+    let g = client.get_golden_record(suite.admin(golden(&kate))).await.unwrap().into_inner();
+    assert!(g.attributes.is_empty() && g.records.is_empty(), "{g:?}");
+    // Her values are nowhere in the database; the tombstones hold hashes, not the record ids.
+    let text = stored_text(&db).await;
+    for n in needles {
+        assert!(!text.contains(n), "{n} is still stored after the erasure");
+    }
+    let tombstones: Vec<(String,)> =
+        rapport_storage::sql::Exec::Db(&db).all("SELECT record_hash FROM erased_records", &[]).await.unwrap();
+    assert_eq!(tombstones.len(), 2);
+    assert!(tombstones.iter().all(|(h,)| h.len() == 64 && !h.contains("c-1")));
+
+    // Everyone else is untouched: records, assignments, review tasks, golden record.
+    for (key, a) in &before {
+        if a.customer_id != kate {
+            assert_eq!(after.get(key).map(|x| &x.customer_id), Some(&a.customer_id), "{key:?}");
+        }
+    }
+    let left_ids: Vec<_> = left.iter().map(|t| t.task_id.clone()).collect();
+    assert_eq!(left_ids.iter().collect::<std::collections::BTreeSet<_>>(), others.iter().collect());
+    let g = client.get_golden_record(suite.admin(golden(&dad))).await.unwrap().into_inner();
+    assert_eq!(g.attributes["first_name"].value, "graham");
+
+    // A re-submission of her records is refused per record; other records are stored as before.
+    let newcomer = record("crm", "n-1", K::Person, &[("first_name", "Nadia"), ("last_name", "Okafor")]);
+    let again = client
+        .submit_records(suite.admin(pb::SubmitRecordsRequest {
+            records: vec![graham.clone(), kate_crm.clone(), newcomer, kate_loyalty.clone()],
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.accepted, 2);
+    let refused: Vec<_> = again.rejected.iter().map(|r| r.index).collect();
+    assert_eq!(refused, vec![1, 3]);
+    assert!(again.rejected[0].reason.starts_with("records[1]: erased"), "{:?}", again.rejected);
+    assert!(again.rejected[1].reason.starts_with("records[3]: erased"), "{:?}", again.rejected);
+    let run = finished_run(&mut client, &suite, pb::RunMatchingRequest::default()).await;
+    assert_eq!(run.state, pb::RunState::Succeeded as i32, "{}", run.error);
+    let last = assigned(&mut client, &suite).await;
+    assert!(c(&last, "crm", "c-1").is_none() && c(&last, "loyalty", "l-1").is_none());
+    assert_eq!(c(&last, "crm", "p-1"), Some(dad.clone()), "an idempotent re-submission keeps the customer");
+    assert!(c(&last, "crm", "n-1").is_some());
+    let text = stored_text(&db).await;
+    for n in needles {
+        assert!(!text.contains(n), "{n} is stored again");
+    }
+    db.close().await;
+    suite.stop().await;
+}

@@ -764,8 +764,9 @@ impl Graph {
         Ok(((other, change), vec![message]))
     }
 
-    /// Everything the graph holds about `customer_id` and its aliases, removed. Returns the customer id and
-    /// how many rows went.
+    /// Everything the graph holds about `customer_id` and its aliases, removed, with their source records
+    /// and what matching stored about them ([`crate::records::erase_in`]), in one transaction. Returns the
+    /// customer id and how many rows went.
     pub async fn erase(&self, customer_id: &str) -> Result<(String, u64), Error> {
         let id =
             self.canonical(customer_id).await?.ok_or_else(|| Error::not_found(format!("customer {customer_id}")))?;
@@ -785,6 +786,9 @@ impl Graph {
             on_tx!(t, c => sqlx::query("UPDATE customers SET kind = 'erased' WHERE id = $1")
                 .bind(who).execute(&mut **c).await?.rows_affected());
         }
+        // The probabilistic-matching data of the person: source records, review tasks, compared values.
+        erased +=
+            crate::records::erase_in(&mut rapport_storage::sql::Exec::Tx(&mut tx), &everyone, now_millis()).await?;
         let message = self.events.erased(&id, &aliases);
         self.finish(tx, vec![message]).await?;
         Ok((id, erased))

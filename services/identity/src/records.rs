@@ -285,14 +285,31 @@ pub async fn submit(
     let mut good = Vec::new();
     for (i, r) in records.iter().enumerate() {
         match to_engine(n, region, &format!("records[{i}]"), r) {
-            Ok(e) => good.push((r, e)),
+            Ok(e) => good.push((i, r, e)),
             Err(e) => rejected.push(pb::RecordRejection { index: i as i32, reason: e.to_string() }),
         }
     }
     let now = now_millis();
     let mut tx = graph.db().begin().await?;
     let mut exec = Exec::Tx(&mut tx);
-    for (r, e) in &good {
+    // Records of erased customers are not stored again (their ids are tombstoned by EraseCustomer).
+    let keys: Vec<(&str, &str)> = good.iter().map(|(_, _, e)| (e.source.as_str(), e.record_id.as_str())).collect();
+    let erased = erased_among(&mut exec, &keys).await?;
+    if !erased.is_empty() {
+        good.retain(|(i, _, e)| {
+            if !erased.contains(&record_hash(&e.source, &e.record_id)) {
+                return true;
+            }
+            let reason = Error::invalid(
+                &format!("records[{i}]"),
+                "erased: the customer of this source record was erased (EraseCustomer); it is not stored again",
+            );
+            rejected.push(pb::RecordRejection { index: *i as i32, reason: reason.to_string() });
+            false
+        });
+        rejected.sort_by_key(|r| r.index);
+    }
+    for (_, r, e) in &good {
         let mut stored = (*r).clone();
         stored.source = e.source.clone();
         stored.record_id = e.record_id.clone();
@@ -307,6 +324,93 @@ pub async fn submit(
     }
     tx.commit().await?;
     Ok(pb::SubmitRecordsResponse { accepted: good.len() as i64, rejected })
+}
+
+/// The tombstone of an erased source record: SHA-256 over its source and record id (the id is not kept).
+fn record_hash(source: &str, record_id: &str) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for part in [source, record_id] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Which of `keys` (source, record id) belong to an erased customer.
+async fn erased_among(exec: &mut Exec<'_>, keys: &[(&str, &str)]) -> Result<HashSet<String>, Error> {
+    let mut out = HashSet::new();
+    let any: Vec<(i64,)> = exec.all("SELECT COUNT(*) FROM (SELECT 1 FROM erased_records LIMIT 1) e", &[]).await?;
+    if any.first().is_none_or(|n| n.0 == 0) {
+        return Ok(out);
+    }
+    for chunk in keys.chunks(500) {
+        let binds: Vec<V> = chunk.iter().map(|(s, r)| V::from(record_hash(s, r))).collect();
+        let sql =
+            format!("SELECT record_hash FROM erased_records WHERE record_hash IN ({})", placeholders(1, binds.len()));
+        let rows: Vec<(String,)> = exec.all(&sql, &binds).await?;
+        out.extend(rows.into_iter().map(|r| r.0));
+    }
+    Ok(out)
+}
+
+/// The matching data of erased customers `ids` (a customer and its aliases), removed inside the graph's
+/// erase transaction: their source records (and with them the assignments), the review tasks involving
+/// those records (with the records and comparisons they hold), and the compared values of any remaining
+/// graph change whose evidence names one of the records. The record ids are tombstoned (by hash) so that a
+/// re-submission is refused. Returns how many rows were deleted or blanked.
+pub(crate) async fn erase_in(exec: &mut Exec<'_>, ids: &[String], now: i64) -> Result<u64, Error> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let binds: Vec<V> = ids.iter().map(V::from).collect();
+    let keys: Vec<(String, String)> = exec
+        .all(
+            &format!(
+                "SELECT source, record_id FROM source_records WHERE customer_id IN ({})",
+                placeholders(1, ids.len())
+            ),
+            &binds,
+        )
+        .await?;
+    let mut erased = 0;
+    for (source, record_id) in &keys {
+        erased += exec
+            .run(
+                "DELETE FROM review_tasks WHERE (left_source = $1 AND left_record_id = $2) OR (right_source = $1 AND right_record_id = $2)",
+                &[source.into(), record_id.into()],
+            )
+            .await?;
+        // Changes of the erased customers are gone with the graph; this finds any other change whose
+        // evidence names the record (its JSON holds the record id as a JSON string).
+        let quoted = serde_json::to_string(record_id).map_err(Error::internal)?;
+        let pattern = format!("%{}%", &quoted[1..quoted.len() - 1]);
+        let changes: Vec<(String, String)> =
+            exec.all("SELECT id, evidence FROM graph_changes WHERE evidence LIKE $1", &[pattern.into()]).await?;
+        for (change_id, evidence) in changes {
+            let mut e: ChangeEvidence = serde_json::from_str(&evidence).map_err(Error::internal)?;
+            let before = e.records.len();
+            e.records.retain(|(s, r)| !(s == source && r == record_id));
+            if e.records.len() == before {
+                continue;
+            }
+            // The levels say how the erased person's values compared with the other record's: all go.
+            e.comparisons.clear();
+            let json = serde_json::to_string(&e).map_err(Error::internal)?;
+            erased += exec
+                .run("UPDATE graph_changes SET evidence = $1 WHERE id = $2", &[json.into(), change_id.into()])
+                .await?;
+        }
+        exec.run(
+            "INSERT INTO erased_records (record_hash, erased_at) VALUES ($1, $2) ON CONFLICT (record_hash) DO NOTHING",
+            &[record_hash(source, record_id).into(), now.into()],
+        )
+        .await?;
+    }
+    erased += exec
+        .run(&format!("DELETE FROM source_records WHERE customer_id IN ({})", placeholders(1, ids.len())), &binds)
+        .await?;
+    Ok(erased)
 }
 
 /// Removes records; returns how many were stored.
@@ -522,6 +626,7 @@ impl Uf {
 
 async fn execute(graph: &Graph, run: &mut pb::MatchingRun, cancel: &CancellationToken) -> Result<(), Error> {
     let request = run.request.clone().unwrap_or_default();
+    let loaded_at = now_millis();
     let records = load(graph, &request.sources).await?;
     run.records = records.len() as i64;
     let mut settings = engine_settings(graph);
@@ -556,6 +661,15 @@ async fn execute(graph: &Graph, run: &mut pb::MatchingRun, cancel: &Cancellation
 
     let (_guard, mut tx) = graph.begin_write().await?;
     let mut exec = Exec::Tx(&mut tx);
+    // An erasure since the records were read: applying the run would store the erased records' values again.
+    let erased: Vec<(i64,)> =
+        exec.all("SELECT COUNT(*) FROM erased_records WHERE erased_at >= $1", &[loaded_at.into()]).await?;
+    if erased.first().is_some_and(|n| n.0 > 0) {
+        return Err(Error::new(
+            ErrorCode::FailedPrecondition,
+            "a customer was erased while the run read the records: run matching again",
+        ));
+    }
     let decided = decisions(&mut exec).await?;
     let keys: Vec<Key> = engine.iter().map(key_of).collect();
     // Clusters again from the matched pairs, keeping apart what review declared different.
