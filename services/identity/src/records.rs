@@ -389,13 +389,9 @@ pub(crate) async fn erase_in(exec: &mut Exec<'_>, ids: &[String], now: i64) -> R
             exec.all("SELECT id, evidence FROM graph_changes WHERE evidence LIKE $1", &[pattern.into()]).await?;
         for (change_id, evidence) in changes {
             let mut e: ChangeEvidence = serde_json::from_str(&evidence).map_err(Error::internal)?;
-            let before = e.records.len();
-            e.records.retain(|(s, r)| !(s == source && r == record_id));
-            if e.records.len() == before {
+            if !forget_record(&mut e, source, record_id) {
                 continue;
             }
-            // The levels say how the erased person's values compared with the other record's: all go.
-            e.comparisons.clear();
             let json = serde_json::to_string(&e).map_err(Error::internal)?;
             erased += exec
                 .run("UPDATE graph_changes SET evidence = $1 WHERE id = $2", &[json.into(), change_id.into()])
@@ -411,6 +407,19 @@ pub(crate) async fn erase_in(exec: &mut Exec<'_>, ids: &[String], now: i64) -> R
         .run(&format!("DELETE FROM source_records WHERE customer_id IN ({})", placeholders(1, ids.len())), &binds)
         .await?;
     Ok(erased)
+}
+
+/// Takes record (`source`, `record_id`) out of a change's evidence with every compared value (the levels
+/// say how the erased person's values compared with the other record's, so they go too); the weight and
+/// the other record stay. Whether the evidence named the record.
+fn forget_record(e: &mut ChangeEvidence, source: &str, record_id: &str) -> bool {
+    let before = e.records.len();
+    e.records.retain(|(s, r)| !(s == source && r == record_id));
+    if e.records.len() == before {
+        return false;
+    }
+    e.comparisons.clear();
+    true
 }
 
 /// Removes records; returns how many were stored.
@@ -1159,4 +1168,38 @@ pub(crate) async fn record_name(exec: &mut Exec<'_>, ids: &[String]) -> Result<O
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_erased_record_leaves_evidence_without_compared_values_and_the_tombstone_is_a_hash() {
+        let mut e = ChangeEvidence {
+            match_weight: Some(12.5),
+            records: vec![("crm".into(), "c-1".into()), ("shop".into(), "s-9".into())],
+            comparisons: vec![StoredComparison {
+                attribute: "first_name".into(),
+                level: "exact".into(),
+                weight: 4.0,
+                left: "zephyrine".into(),
+                right: "zephyrine".into(),
+            }],
+            ..Default::default()
+        };
+        assert!(!forget_record(&mut e, "crm", "s-9"), "another source's record of the same id");
+        assert_eq!(e.comparisons.len(), 1);
+        assert!(forget_record(&mut e, "crm", "c-1"));
+        assert_eq!(e.records, vec![("shop".to_string(), "s-9".to_string())]);
+        assert!(e.comparisons.is_empty() && e.match_weight == Some(12.5));
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(!json.contains("zephyrine") && !json.contains("c-1"), "{json}");
+
+        let h = record_hash("crm", "c-1");
+        assert_eq!(h.len(), 64);
+        assert!(!h.contains("c-1"));
+        assert_ne!(h, record_hash("crm", "c-"), "source and id are separated");
+        assert_ne!(record_hash("crm", "c-1"), record_hash("crmc", "-1"));
+    }
 }
