@@ -431,6 +431,13 @@ fn record(source: &str, id: &str, kind: pb::EntityKind, pairs: &[(&str, &str)]) 
     }
 }
 
+/// A person's record with the attributes of a household (`home`) and `extra` ones.
+fn at_home<'a>(home: &[(&'a str, &'a str)], source: &str, id: &str, extra: &[(&'a str, &'a str)]) -> pb::SourceRecord {
+    let mut pairs = home.to_vec();
+    pairs.extend_from_slice(extra);
+    record(source, id, pb::EntityKind::Person, &pairs)
+}
+
 async fn finished_run(
     client: &mut IdentityServiceClient<tonic::transport::Channel>,
     suite: &TestSuite,
@@ -492,11 +499,7 @@ async fn matching_over_grpc_feeds_the_graph_keeps_households_twins_and_kinds_apa
         ("city", "York"),
         ("phone", "01904 123456"),
     ];
-    let member = |source: &str, id: &str, extra: &[(&str, &str)]| {
-        let mut pairs = home.to_vec();
-        pairs.extend_from_slice(extra);
-        record(source, id, K::Person, &pairs)
-    };
+    let member = |source: &str, id: &str, extra: &[(&str, &str)]| at_home(&home, source, id, extra);
     let start = records.len();
     records.extend([
         member("crm", "t1", &[("first_name", "Harriet"), ("date_of_birth", "2001-05-09")]),
@@ -952,12 +955,8 @@ async fn erasure_removes_the_source_records_review_tasks_and_compared_values_and
         ("city", "Leeds"),
         ("phone", "0113 496 0000"),
     ];
-    let member = |source: &str, id: &str, extra: &[(&str, &str)]| {
-        let mut pairs = home.to_vec();
-        pairs.extend_from_slice(extra);
-        record(source, id, K::Person, &pairs)
-    };
-    let kate_crm = member(
+    let member = |source: &str, id: &str, extra: &[(&str, &str)]| at_home(&home, source, id, extra);
+    let zeph_crm = member(
         "crm",
         "c-1",
         &[
@@ -967,13 +966,13 @@ async fn erasure_removes_the_source_records_review_tasks_and_compared_values_and
             ("national_id", "QQ 12 34 56 C"),
         ],
     );
-    let kate_loyalty = member(
+    let zeph_loyalty = member(
         "loyalty",
         "l-1",
         &[("first_name", "Zephyrine"), ("date_of_birth", "12/04/1911"), ("email", "zeph@new.example")],
     );
     let graham = member("crm", "p-1", &[("first_name", "Graham"), ("date_of_birth", "1958-07-01")]);
-    records.extend([kate_crm.clone(), kate_loyalty.clone(), graham.clone(), member("web", "h", &[])]);
+    records.extend([zeph_crm.clone(), zeph_loyalty.clone(), graham.clone(), member("web", "h", &[])]);
     let submitted =
         client.submit_records(suite.admin(pb::SubmitRecordsRequest { records })).await.unwrap().into_inner();
     assert!(submitted.rejected.is_empty(), "{:?}", submitted.rejected);
@@ -983,18 +982,18 @@ async fn erasure_removes_the_source_records_review_tasks_and_compared_values_and
     let c = |a: &std::collections::HashMap<(String, String), pb::RecordAssignment>, s: &str, r: &str| {
         a.get(&(s.to_string(), r.to_string())).map(|x| x.customer_id.clone())
     };
-    let kate = c(&before, "crm", "c-1").unwrap();
-    assert_eq!(c(&before, "loyalty", "l-1").unwrap(), kate);
+    let zeph = c(&before, "crm", "c-1").unwrap();
+    assert_eq!(c(&before, "loyalty", "l-1").unwrap(), zeph);
     let dad = c(&before, "crm", "p-1").unwrap();
-    assert_ne!(dad, kate);
-    let explained = client.explain(suite.admin(pb::ExplainRequest { customer_id: kate.clone() })).await.unwrap();
+    assert_ne!(dad, zeph);
+    let explained = client.explain(suite.admin(pb::ExplainRequest { customer_id: zeph.clone() })).await.unwrap();
     let explained = explained.into_inner();
     assert_eq!(explained.records.len(), 2);
     let merge = explained.changes.iter().find(|ch| ch.rule == "probabilistic_match").expect("a probabilistic merge");
     assert!(!merge.comparisons.is_empty());
     let alias = explained.customer.unwrap().aliases.first().cloned().expect("the run merged two customers");
 
-    let is_kates = |r: &pb::SourceRecord| {
+    let is_hers = |r: &pb::SourceRecord| {
         (r.source == "crm" && r.record_id == "c-1") || (r.source == "loyalty" && r.record_id == "l-1")
     };
     let tasks = |client: &mut IdentityServiceClient<tonic::transport::Channel>| {
@@ -1009,7 +1008,7 @@ async fn erasure_removes_the_source_records_review_tasks_and_compared_values_and
     let all_tasks = tasks(&mut client).await;
     let hers: Vec<_> = all_tasks
         .iter()
-        .filter(|t| is_kates(t.left.as_ref().unwrap()) || is_kates(t.right.as_ref().unwrap()))
+        .filter(|t| is_hers(t.left.as_ref().unwrap()) || is_hers(t.right.as_ref().unwrap()))
         .cloned()
         .collect();
     assert!(!hers.is_empty(), "the household record is a possible match of Zephyrine");
@@ -1043,21 +1042,21 @@ async fn erasure_removes_the_source_records_review_tasks_and_compared_values_and
 
     // No read shows her records again.
     let explained =
-        client.explain(suite.admin(pb::ExplainRequest { customer_id: kate.clone() })).await.unwrap().into_inner();
+        client.explain(suite.admin(pb::ExplainRequest { customer_id: zeph.clone() })).await.unwrap().into_inner();
     assert!(explained.customer.as_ref().unwrap().erased);
     assert!(explained.records.is_empty() && explained.changes.is_empty(), "{explained:?}");
     let after = assigned(&mut client, &suite).await;
     assert!(c(&after, "crm", "c-1").is_none() && c(&after, "loyalty", "l-1").is_none());
-    let of_kate = client
+    let of_zeph = client
         .list_record_assignments(
-            suite.admin(pb::ListRecordAssignmentsRequest { customer_id: kate.clone(), ..Default::default() }),
+            suite.admin(pb::ListRecordAssignmentsRequest { customer_id: zeph.clone(), ..Default::default() }),
         )
         .await
         .unwrap()
         .into_inner();
-    assert!(of_kate.assignments.is_empty(), "{of_kate:?}");
+    assert!(of_zeph.assignments.is_empty(), "{of_zeph:?}");
     let left = tasks(&mut client).await;
-    assert!(left.iter().all(|t| !is_kates(t.left.as_ref().unwrap()) && !is_kates(t.right.as_ref().unwrap())));
+    assert!(left.iter().all(|t| !is_hers(t.left.as_ref().unwrap()) && !is_hers(t.right.as_ref().unwrap())));
     for t in &hers {
         let err = client
             .get_review_task(suite.admin(pb::GetReviewTaskRequest { task_id: t.task_id.clone() }))
@@ -1066,7 +1065,7 @@ async fn erasure_removes_the_source_records_review_tasks_and_compared_values_and
         assert_eq!(err.code(), Code::NotFound);
     }
     let golden = |customer_id: &str| pb::GetGoldenRecordRequest { customer_id: customer_id.into(), read_mask: None };
-    let g = client.get_golden_record(suite.admin(golden(&kate))).await.unwrap().into_inner();
+    let g = client.get_golden_record(suite.admin(golden(&zeph))).await.unwrap().into_inner();
     assert!(g.attributes.is_empty() && g.records.is_empty(), "{g:?}");
     // Her values are nowhere in the database; the tombstones hold hashes, not the record ids.
     let text = stored_text(&db).await;
@@ -1080,7 +1079,7 @@ async fn erasure_removes_the_source_records_review_tasks_and_compared_values_and
 
     // Everyone else is untouched: records, assignments, review tasks, golden record.
     for (key, a) in &before {
-        if a.customer_id != kate {
+        if a.customer_id != zeph {
             assert_eq!(after.get(key).map(|x| &x.customer_id), Some(&a.customer_id), "{key:?}");
         }
     }
@@ -1093,7 +1092,7 @@ async fn erasure_removes_the_source_records_review_tasks_and_compared_values_and
     let newcomer = record("crm", "n-1", K::Person, &[("first_name", "Nadia"), ("last_name", "Okafor")]);
     let again = client
         .submit_records(suite.admin(pb::SubmitRecordsRequest {
-            records: vec![graham.clone(), kate_crm.clone(), newcomer, kate_loyalty.clone()],
+            records: vec![graham.clone(), zeph_crm.clone(), newcomer, zeph_loyalty.clone()],
         }))
         .await
         .unwrap()
