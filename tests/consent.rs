@@ -680,6 +680,38 @@ async fn data_subject_requests_export_and_erase_across_the_services() {
         .unwrap_err();
     assert_eq!(read.code(), Code::NotFound);
 
+    // The old event replayed (seen before the erasure): refused by identity's tombstone, nothing re-created.
+    let replay = profiles
+        .track(suite.admin(profile::TrackRequest {
+            events: vec![profile::Event {
+                message_id: "m1".into(),
+                name: "order_completed".into(),
+                occurred_at: ago(1),
+                identifiers: vec![ann.clone()],
+                context: Some(profile::EventContext { source: "webshop".into(), ..Default::default() }),
+                ..Default::default()
+            }],
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(replay.results.is_empty(), "{replay:?}");
+    let reason = &replay.rejected[0].reason;
+    assert!(reason.starts_with("events[0].identifiers: a email identifier of a person erased"), "{reason}");
+    assert!(!reason.contains("ann@"), "no personal data in the refusal: {reason}");
+    let lookup = IdentityServiceClient::new(channel.clone())
+        .lookup(suite.admin(id::LookupRequest { identifier: Some(ann.clone()) }))
+        .await
+        .unwrap_err();
+    assert_eq!(lookup.code(), Code::NotFound, "the replay re-created nobody");
+    // Seen after the erasure, the same address is a person coming back: a new customer.
+    let back = IdentityServiceClient::new(channel.clone())
+        .resolve(suite.admin(id::ResolveRequest { identifiers: vec![ann.clone()], ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(back.created && !erasure.customer_ids.contains(&back.customer_id), "{back:?}");
+
     // Both requests are tracked with their state.
     let listed = consent
         .list_data_subject_requests(suite.admin(pb::ListDataSubjectRequestsRequest::default()))

@@ -350,6 +350,20 @@ impl Graph {
     /// customer gets that kind, and identifiers held by entities of another kind are left out, because
     /// entities never merge across kinds.
     pub async fn resolve_kind(&self, idents: Vec<Ident>, origin: Origin, kind: &str) -> Result<Resolved, Error> {
+        self.resolve_seen(idents, origin, kind, None).await
+    }
+
+    /// Like [`Graph::resolve_kind`] for identifiers seen at `seen_at` (the event time; `None` is now): new
+    /// identifiers that belonged to a customer erased at or after that time are refused with
+    /// FAILED_PRECONDITION, so a replayed old event cannot re-create an erased person. (Seen after the
+    /// erasure, they are a person coming back, and make a new customer.)
+    pub async fn resolve_seen(
+        &self,
+        idents: Vec<Ident>,
+        origin: Origin,
+        kind: &str,
+        seen_at: Option<i64>,
+    ) -> Result<Resolved, Error> {
         let mut idents: Vec<Ident> = idents.into_iter().collect::<BTreeSet<_>>().into_iter().collect();
         if idents.is_empty() {
             return Err(Error::invalid("identifiers", "at least one usable identifier is required"));
@@ -366,11 +380,49 @@ impl Graph {
                 return Ok(Resolved { customer_id, ..Default::default() });
             }
         }
+        // Only identifiers nobody holds can be an erased person's (erasure deletes what they held).
+        let unknown: Vec<&Ident> = idents.iter().filter(|i| !known.contains_key(*i)).collect();
+        self.refuse_erased(&unknown, seen_at.unwrap_or(now)).await?;
         idents.sort_by_key(|i| (self.settings.rank_of(i.id_type), i.clone()));
         let (_guard, mut tx) = self.begin_write().await?;
         let (resolved, messages) = self.resolve_in(&mut tx, idents, origin, kind, now).await?;
         self.finish(tx, messages).await?;
         Ok(resolved)
+    }
+
+    /// FAILED_PRECONDITION when one of `idents` belonged to a customer erased at or after `seen_at`.
+    async fn refuse_erased(&self, idents: &[&Ident], seen_at: i64) -> Result<(), Error> {
+        if idents.is_empty() {
+            return Ok(());
+        }
+        let hashes: Vec<String> =
+            idents.iter().map(|i| identifier_hash(i.id_type.name(), &i.namespace, &i.value)).collect();
+        let marks: Vec<String> = (0..hashes.len()).map(|i| format!("${}", i + 1)).collect();
+        let sql = format!("SELECT id_hash, erased_at FROM erased_identifiers WHERE id_hash IN ({})", marks.join(", "));
+        let rows: Vec<(String, i64)> = on_db!(&self.db, p => {
+            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()));
+            for h in &hashes {
+                q = q.bind(h);
+            }
+            q.fetch_all(p).await?
+        });
+        for (hash, erased_at) in rows {
+            if erased_at >= seen_at
+                && let Some(i) = hashes.iter().position(|h| *h == hash)
+            {
+                let when =
+                    chrono::DateTime::from_timestamp_millis(erased_at).map(|t| t.to_rfc3339()).unwrap_or_default();
+                return Err(Error::new(
+                    ErrorCode::FailedPrecondition,
+                    format!(
+                        "identifiers: a {} identifier of a person erased at {when}, seen before the erasure (occurred_at); \
+                         an old event cannot re-create an erased person",
+                        idents[i].id_type.name()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Starts a write: the graph's write lock (in process, and across replicas on PostgreSQL) and a
@@ -777,7 +829,21 @@ impl Graph {
         let mut erased = 0;
         let mut everyone = aliases.clone();
         everyone.push(id.clone());
+        let erased_at = now_millis();
         for who in &everyone {
+            // Each identifier leaves a hash, so that a replayed event seen before now cannot re-create them.
+            let held: Vec<(String, String, String)> = on_tx!(t, c => sqlx::query_as(
+                "SELECT id_type, namespace, value FROM identifiers WHERE customer_id = $1",
+            )
+            .bind(who).fetch_all(&mut **c).await?);
+            for (id_type, namespace, value) in &held {
+                on_tx!(t, c => sqlx::query(
+                    "INSERT INTO erased_identifiers (id_hash, erased_at) VALUES ($1, $2)
+                     ON CONFLICT (id_hash) DO UPDATE SET erased_at = excluded.erased_at",
+                )
+                .bind(identifier_hash(id_type, namespace, value)).bind(erased_at)
+                .execute(&mut **c).await?.rows_affected());
+            }
             erased += on_tx!(t, c => sqlx::query("DELETE FROM identifiers WHERE customer_id = $1")
                 .bind(who).execute(&mut **c).await?.rows_affected());
             erased += on_tx!(t, c => sqlx::query("DELETE FROM graph_changes WHERE customer_id = $1 OR other_id = $1")
@@ -793,6 +859,22 @@ impl Graph {
         self.finish(tx, vec![message]).await?;
         Ok((id, erased))
     }
+}
+
+/// A tombstone: SHA-256 over `parts`, each ended by a NUL byte (what was erased is not kept).
+pub(crate) fn tombstone_hash(parts: &[&str]) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for part in parts {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// The tombstone of an identifier of an erased customer.
+fn identifier_hash(id_type: &str, namespace: &str, value: &str) -> String {
+    tombstone_hash(&["identifier", id_type, namespace, value])
 }
 
 /// The transaction under `exec`.

@@ -260,7 +260,13 @@ impl IdentityService for Identity {
             .into());
         }
         let kind = kind_name(request.kind).ok_or_else(|| Error::invalid("kind", "is not a known entity kind"))?;
-        let resolved = self.graph.resolve_kind(idents, origin_of(request.provenance.as_ref()), kind).await?;
+        let seen_at = match &request.occurred_at {
+            Some(t) => Some(
+                rapport_rpc::convert::millis(t).ok_or_else(|| Error::invalid("occurred_at", "is not a valid time"))?,
+            ),
+            None => None,
+        };
+        let resolved = self.graph.resolve_seen(idents, origin_of(request.provenance.as_ref()), kind, seen_at).await?;
         Ok(Response::new(pb::ResolveResponse {
             customer_id: resolved.customer_id,
             created: resolved.created,

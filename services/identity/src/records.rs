@@ -328,13 +328,7 @@ pub async fn submit(
 
 /// The tombstone of an erased source record: SHA-256 over its source and record id (the id is not kept).
 fn record_hash(source: &str, record_id: &str) -> String {
-    use sha2::Digest as _;
-    let mut h = sha2::Sha256::new();
-    for part in [source, record_id] {
-        h.update(part.as_bytes());
-        h.update([0u8]);
-    }
-    hex::encode(h.finalize())
+    crate::graph::tombstone_hash(&[source, record_id])
 }
 
 /// Which of `keys` (source, record id) belong to an erased customer.

@@ -174,7 +174,9 @@ fn money(minor: i64, currency: &str) -> Option<common::Money> {
 
 impl Profiles {
     /// The customer a Who is, resolving identifiers through identity (creating the customer if new).
-    async fn resolve(&self, who: &Who, source: &str) -> Result<String, Status> {
+    /// The customer `who` names, resolved through identity as seen at `seen_at` (the event time, in ms):
+    /// identity refuses identifiers of a person erased after that time, so replays cannot re-create them.
+    async fn resolve(&self, who: &Who, source: &str, seen_at: i64) -> Result<String, Status> {
         match who {
             Who::Customer(id) => Ok(self.store.canonical(id).await?),
             Who::Identifiers(ids) => {
@@ -184,6 +186,7 @@ impl Profiles {
                         .map(|(t, v, n)| common::Identifier { r#type: *t, value: v.clone(), namespace: n.clone() })
                         .collect(),
                     provenance: Some(common::Provenance { source: source.to_string(), ..Default::default() }),
+                    occurred_at: Some(timestamp(seen_at)),
                     ..Default::default()
                 };
                 let resolved = self.clients.identity()?.resolve(request).await?.into_inner();
@@ -447,7 +450,9 @@ impl ProfileService for Profiles {
         let mut results = Vec::new();
         let mut first_failure: Option<Status> = None;
         for ((who, source), events) in groups {
-            let customer = match self.resolve(&who, &source).await {
+            // the newest event of the group: identifiers seen only before an erasure stay erased
+            let seen_at = events.iter().map(|(_, e)| e.occurred_at).max().unwrap_or_else(now_millis);
+            let customer = match self.resolve(&who, &source, seen_at).await {
                 Ok(c) => c,
                 Err(s) => {
                     for (i, _) in &events {
@@ -456,7 +461,9 @@ impl ProfileService for Profiles {
                             reason: format!("events[{i}].{}", s.message()),
                         });
                     }
-                    if s.code() != tonic::Code::InvalidArgument {
+                    // a bad identifier or an erased person's old event is this group's answer; anything
+                    // else (identity unreachable) is the call's
+                    if !matches!(s.code(), tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition) {
                         first_failure.get_or_insert(s);
                     }
                     continue;
@@ -511,7 +518,7 @@ impl ProfileService for Profiles {
         }
         let who = who_of("request", &request.customer_id, &request.identifiers)
             .map_err(|_| Error::invalid("identifiers", "an identifier or a customer_id is required"))?;
-        let customer = self.resolve(&who, &source).await?;
+        let customer = self.resolve(&who, &source, occurred_at).await?;
         let message_id = if request.message_id.trim().is_empty() {
             format!("msg_{}", uuid::Uuid::now_v7().simple())
         } else {
