@@ -588,22 +588,18 @@ async fn data_subject_requests_export_and_erase_across_the_services() {
     let mut consent = ConsentServiceClient::new(channel.clone());
     let mut profiles = ProfileServiceClient::new(channel.clone());
     let ann = email("ann@example.com");
-    profiles
-        .track(suite.admin(profile::TrackRequest {
-            events: vec![profile::Event {
-                message_id: "m1".into(),
-                name: "order_completed".into(),
-                occurred_at: ago(1),
-                identifiers: vec![ann.clone()],
-                context: Some(profile::EventContext { source: "webshop".into(), ..Default::default() }),
-                properties: Some(rapport_rpc::convert::json_to_struct(
-                    serde_json::json!({"revenue_minor": 4999, "currency": "EUR"}),
-                )),
-                ..Default::default()
-            }],
-        }))
-        .await
-        .unwrap();
+    let order = profile::Event {
+        message_id: "m1".into(),
+        name: "order_completed".into(),
+        occurred_at: ago(1),
+        identifiers: vec![ann.clone()],
+        context: Some(profile::EventContext { source: "webshop".into(), ..Default::default() }),
+        properties: Some(rapport_rpc::convert::json_to_struct(
+            serde_json::json!({"revenue_minor": 4999, "currency": "EUR"}),
+        )),
+        ..Default::default()
+    };
+    profiles.track(suite.admin(profile::TrackRequest { events: vec![order.clone()] })).await.unwrap();
     record(&suite, &mut consent, entry(ann.clone(), pb::ConsentStatus::Granted, 1)).await;
 
     // Bad input names the field; an unknown request is not found.
@@ -681,20 +677,7 @@ async fn data_subject_requests_export_and_erase_across_the_services() {
     assert_eq!(read.code(), Code::NotFound);
 
     // The old event replayed (seen before the erasure): refused by identity's tombstone, nothing re-created.
-    let replay = profiles
-        .track(suite.admin(profile::TrackRequest {
-            events: vec![profile::Event {
-                message_id: "m1".into(),
-                name: "order_completed".into(),
-                occurred_at: ago(1),
-                identifiers: vec![ann.clone()],
-                context: Some(profile::EventContext { source: "webshop".into(), ..Default::default() }),
-                ..Default::default()
-            }],
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let replay = profiles.track(suite.admin(profile::TrackRequest { events: vec![order] })).await.unwrap().into_inner();
     assert!(replay.results.is_empty(), "{replay:?}");
     let reason = &replay.rejected[0].reason;
     assert!(reason.starts_with("events[0].identifiers: a email identifier of a person erased"), "{reason}");
