@@ -1115,3 +1115,77 @@ async fn erasure_removes_the_source_records_review_tasks_and_compared_values_and
     db.close().await;
     suite.stop().await;
 }
+
+/// B2B records that name their parent record build the account -> site -> contact hierarchy when matched,
+/// across sources, through the same rules as LinkEntities; a second run adds nothing, and a parent the
+/// hierarchy refuses (a contact under a person) is skipped, the rest linked.
+#[tokio::test]
+async fn records_with_parents_build_the_hierarchy_when_matched() {
+    let suite = TestSuite::start().await;
+    let mut client = IdentityServiceClient::new(suite.channel().await);
+    let parent = |source: &str, id: &str| Some(pb::SourceRecordRef { source: source.into(), record_id: id.into() });
+    let account = record(
+        "erp",
+        "A1",
+        pb::EntityKind::Account,
+        &[("company_name", "Acme Tooling GmbH"), ("company_id", "31-455-1234")],
+    );
+    let site = pb::SourceRecord {
+        parent: parent("erp", "A1"),
+        ..record("erp", "S1", pb::EntityKind::Site, &[("company_name", "Acme Tooling Werk Nord"), ("city", "Hamburg")])
+    };
+    let contact = pb::SourceRecord {
+        parent: parent("erp", "S1"),
+        ..record(
+            "crm",
+            "C1",
+            pb::EntityKind::Contact,
+            &[("full_name", "Jana Ortmann"), ("email", "j.ortmann@acme.example")],
+        )
+    };
+    let person =
+        record("shop", "P1", pb::EntityKind::Person, &[("full_name", "Karl Busch"), ("email", "karl@example.com")]);
+    let stray = pb::SourceRecord {
+        parent: parent("shop", "P1"),
+        ..record("crm", "C2", pb::EntityKind::Contact, &[("full_name", "Lea Brandt"), ("email", "lea@acme.example")])
+    };
+    let submitted = client
+        .submit_records(suite.admin(pb::SubmitRecordsRequest { records: vec![contact, stray, site, account, person] }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(submitted.accepted, 5, "{submitted:?}");
+    let run = finished_run(&mut client, &suite, pb::RunMatchingRequest::default()).await;
+    assert_eq!(run.state, pb::RunState::Succeeded as i32, "{run:?}");
+    let ids = assigned(&mut client, &suite).await;
+    let of = |s: &str, r: &str| ids[&(s.to_string(), r.to_string())].customer_id.clone();
+    let h = client
+        .get_hierarchy(suite.admin(pb::GetHierarchyRequest { customer_id: of("crm", "C1"), ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner();
+    let ancestors: Vec<String> = h.ancestors.iter().map(|n| n.customer_id.clone()).collect();
+    assert_eq!(ancestors, vec![of("erp", "A1"), of("erp", "S1")], "account, then site: {h:?}");
+    let stray = client
+        .get_hierarchy(suite.admin(pb::GetHierarchyRequest { customer_id: of("crm", "C2"), ..Default::default() }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stray.ancestors.is_empty(), "a contact is never linked under a person: {stray:?}");
+
+    // Matching again links nothing twice: the account still has one site with one contact.
+    let again = finished_run(&mut client, &suite, pb::RunMatchingRequest::default()).await;
+    assert_eq!(again.state, pb::RunState::Succeeded as i32, "{again:?}");
+    let top = client
+        .get_hierarchy(suite.admin(pb::GetHierarchyRequest {
+            customer_id: of("erp", "A1"),
+            depth: 2,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let below: Vec<String> = top.children.iter().map(|n| n.customer_id.clone()).collect();
+    assert_eq!(below, vec![of("erp", "S1"), of("crm", "C1")], "{top:?}");
+    suite.stop().await;
+}

@@ -662,7 +662,7 @@ async fn execute(graph: &Graph, run: &mut pb::MatchingRun, cancel: &Cancellation
         .collect();
     let params = StoredParams::of(&outcome.params);
 
-    let (_guard, mut tx) = graph.begin_write().await?;
+    let (writing, mut tx) = graph.begin_write().await?;
     let mut exec = Exec::Tx(&mut tx);
     // An erasure since the records were read: applying the run would store the erased records' values again.
     let erased: Vec<(i64,)> =
@@ -858,30 +858,86 @@ async fn execute(graph: &Graph, run: &mut pb::MatchingRun, cancel: &Cancellation
         messages.push(crate::grpc::event("identity.review_task_created", &task.task_id, &event));
     }
     run.refused = refused;
+    if cancel.is_cancelled() {
+        return Err(Error::new(ErrorCode::FailedPrecondition, "cancelled"));
+    }
+    if request.dry_run {
+        // Counts only: nothing is applied.
+        drop(tx);
+        run.customers_created = 0;
+        run.merges = 0;
+        succeeded(run);
+        save_run(&mut Exec::Db(graph.db()), run, None).await?;
+        return Ok(());
+    }
+    // Applied, but still running until the hierarchy links the records name are made too, so that a
+    // client that sees the run succeeded sees the whole result.
+    run.progress = 0.95;
+    save_run(&mut exec, run, Some(&params)).await?;
+    graph.finish(tx, messages).await?;
+    drop(writing); // linking takes the graph's write lock itself
+    let wires: Vec<&pb::SourceRecord> = records.iter().map(|r| &r.0).collect();
+    link_parents(graph, &wires, &run.run_id).await?;
+    succeeded(run);
+    let (_guard, mut tx) = graph.begin_write().await?;
+    save_run(&mut Exec::Tx(&mut tx), run, Some(&params)).await?;
+    let finished = crate::grpc::event(
+        "identity.matching_run_finished",
+        &run.run_id,
+        &pb::MatchingRunFinished { run: Some(run.clone()) },
+    );
+    graph.finish(tx, vec![finished]).await?;
+    Ok(())
+}
+
+/// Marks a run succeeded now.
+fn succeeded(run: &mut pb::MatchingRun) {
     run.progress = 1.0;
     run.state = pb::RunState::Succeeded as i32;
     let finished = now_millis();
     run.finished_at = Some(timestamp(finished));
     run.seconds = (finished - millis_of(run.started_at.as_ref())) as f64 / 1000.0;
-    save_run(&mut exec, run, Some(&params)).await?;
-    messages.push(crate::grpc::event(
-        "identity.matching_run_finished",
-        &run.run_id,
-        &pb::MatchingRunFinished { run: Some(run.clone()) },
-    ));
-    if cancel.is_cancelled() {
-        return Err(Error::new(ErrorCode::FailedPrecondition, "cancelled"));
+}
+
+/// The hierarchy the records name: each record with a `parent` puts its customer under the customer of
+/// that record (a site under its account, a contact under its site or account), through the same
+/// LinkEntities path (allowed kind pairs, no cycles, one parent per kind, the change recorded and
+/// published). Links already in place are left alone; a parent record not stored (or not matched yet) or a
+/// link the hierarchy refuses is skipped and counted in the log (no values in it). Returns links made.
+async fn link_parents(graph: &Graph, records: &[&pb::SourceRecord], run_id: &str) -> Result<usize, Error> {
+    let (mut linked, mut missing, mut refused) = (0usize, 0usize, 0usize);
+    for r in records {
+        let Some(parent) = r.parent.as_ref() else { continue };
+        let child = customer_of(&mut Exec::Db(graph.db()), &r.source, &r.record_id).await?;
+        let up = customer_of(&mut Exec::Db(graph.db()), parent.source.trim(), parent.record_id.trim()).await?;
+        if child.is_empty() || up.is_empty() {
+            missing += 1;
+            continue;
+        }
+        let (Some(child), Some(up)) = (graph.canonical(&child).await?, graph.canonical(&up).await?) else {
+            missing += 1;
+            continue;
+        };
+        if graph.parents(&child).await?.iter().any(|n| n.customer_id == up) {
+            continue;
+        }
+        let origin = crate::hierarchy::LinkOrigin {
+            source: r.source.clone(),
+            event_id: r.record_id.clone(),
+            actor: format!("matching {run_id}"),
+        };
+        match graph.link(&up, &child, "", &origin).await {
+            Ok(_) => linked += 1,
+            Err(e) if matches!(e.code(), ErrorCode::InvalidArgument | ErrorCode::FailedPrecondition) => {
+                refused += 1;
+            }
+            Err(e) => return Err(e),
+        }
     }
-    if request.dry_run {
-        // Counts only: nothing is applied (the run row is saved by the caller's path below).
-        drop(tx);
-        run.customers_created = 0;
-        run.merges = 0;
-        save_run(&mut Exec::Db(graph.db()), run, None).await?;
-        return Ok(());
+    if linked + missing + refused > 0 {
+        tracing::info!(run_id, linked, missing, refused, "hierarchy links from the records' parents");
     }
-    graph.finish(tx, messages).await?;
-    Ok(())
+    Ok(linked)
 }
 
 fn millis_of(t: Option<&prost_types::Timestamp>) -> i64 {
