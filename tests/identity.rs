@@ -400,27 +400,6 @@ async fn hierarchy_account_site_contact_with_moves_cycles_and_kind_pairs_refused
     suite.stop().await;
 }
 
-fn wire_record(r: &rapport_identity::matching::SourceRecord) -> pb::SourceRecord {
-    use rapport_identity::matching::{ATTRIBUTE_NAMES, EntityKind};
-    let kind = match r.kind {
-        EntityKind::Person => pb::EntityKind::Person,
-        EntityKind::Account => pb::EntityKind::Account,
-        EntityKind::Site => pb::EntityKind::Site,
-        EntityKind::Contact => pb::EntityKind::Contact,
-    };
-    pb::SourceRecord {
-        source: r.source.clone(),
-        record_id: r.record_id.clone(),
-        kind: kind as i32,
-        attributes: ATTRIBUTE_NAMES
-            .iter()
-            .filter_map(|n| r.attributes.get(n).map(|v| (n.to_string(), v.to_string())))
-            .collect(),
-        external_ids: r.external_ids.iter().map(|(ns, v)| external(ns, v)).collect(),
-        ..Default::default()
-    }
-}
-
 fn record(source: &str, id: &str, kind: pb::EntityKind, pairs: &[(&str, &str)]) -> pb::SourceRecord {
     pb::SourceRecord {
         source: source.into(),
@@ -491,7 +470,7 @@ async fn matching_over_grpc_feeds_the_graph_keeps_households_twins_and_kinds_apa
     let mut client = IdentityServiceClient::new(suite.channel().await);
     // A synthetic population for realistic weights, then a household with twins.
     let (background, _) = rapport_identity::matching::synth::generate(400, 8, 7);
-    let mut records: Vec<pb::SourceRecord> = background.iter().map(wire_record).collect();
+    let mut records: Vec<pb::SourceRecord> = background.iter().map(rapport_identity::records::to_wire).collect();
     let home = [
         ("last_name", "Quennell"),
         ("street", "7 Orchard Close"),
@@ -733,7 +712,7 @@ city = "most_complete_record"
     let mut client = IdentityServiceClient::new(suite.channel().await);
     // Background records for realistic weights, then Katherine in three sources.
     let (background, _) = rapport_identity::matching::synth::generate(400, 8, 11);
-    let mut records: Vec<pb::SourceRecord> = background.iter().map(wire_record).collect();
+    let mut records: Vec<pb::SourceRecord> = background.iter().map(rapport_identity::records::to_wire).collect();
     let mut crm = record(
         "crm",
         "c-1",
@@ -943,7 +922,7 @@ async fn erasure_removes_the_source_records_review_tasks_and_compared_values_and
     // Zephyrine in two sources, her father Graham at the same address, and a household-only record that
     // is a possible match of both.
     let (background, _) = rapport_identity::matching::synth::generate(400, 8, 13);
-    let mut records: Vec<pb::SourceRecord> = background.iter().map(wire_record).collect();
+    let mut records: Vec<pb::SourceRecord> = background.iter().map(rapport_identity::records::to_wire).collect();
     let needles =
         ["zephyrine", "z.hargreaves@old.example", "zeph@new.example", "1911-04-12", "qq 12 34 56 c", "qq123456"];
     let synthetic = format!("{records:?}").to_lowercase();

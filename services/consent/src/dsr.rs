@@ -283,7 +283,10 @@ impl Requests<'_> {
             }
             if erasure
                 && service == "identity"
-                && SERVICES[..4].iter().any(|s| !step_of(request, s).is_some_and(|p| finished(p.state)))
+                && SERVICES
+                    .iter()
+                    .filter(|s| **s != "identity")
+                    .any(|s| !step_of(request, s).is_some_and(|p| finished(p.state)))
             {
                 break; // identity keeps the person findable until everything else is erased
             }

@@ -120,6 +120,35 @@ pub fn to_engine(
     Ok(out)
 }
 
+/// An engine record as the contract carries it (the inverse of [`to_engine`]): the attributes it has, its
+/// external ids typed again where the namespace names an identifier type.
+pub fn to_wire(r: &matching::SourceRecord) -> pb::SourceRecord {
+    let attributes = matching::ATTRIBUTE_NAMES
+        .iter()
+        .filter_map(|&name| r.attributes.get(name).map(|v| (name.to_owned(), v.to_owned())))
+        .collect();
+    let external_ids = r
+        .external_ids
+        .iter()
+        .map(|(ns, value)| {
+            use crate::normalize::{IdType, Ident};
+            let ident = match IdType::from_name(ns).filter(|t| *t != IdType::External) {
+                Some(id_type) => Ident { id_type, namespace: String::new(), value: value.clone() },
+                None => Ident { id_type: IdType::External, namespace: ns.clone(), value: value.clone() },
+            };
+            crate::grpc::to_wire(&ident)
+        })
+        .collect();
+    pb::SourceRecord {
+        source: r.source.clone(),
+        record_id: r.record_id.clone(),
+        kind: crate::grpc::kind_to_wire(r.kind.as_str()) as i32,
+        attributes,
+        external_ids,
+        ..Default::default()
+    }
+}
+
 /// The trained parameters as stored with a succeeded run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct StoredParams {

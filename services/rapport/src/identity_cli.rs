@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use rapport_identity::matching::{ATTRIBUTE_NAMES, EntityKind, MatchSettings, SourceRecord, csv_input, match_records};
-use rapport_proto::common::v1::{Identifier, IdentifierType, PageRequest};
+use rapport_identity::matching::{MatchSettings, SourceRecord, csv_input, match_records};
+use rapport_proto::common::v1::PageRequest;
 use rapport_proto::identity::v1::{self as pb, identity_service_client::IdentityServiceClient};
 
 use crate::ops::{authorized, status_error};
@@ -126,7 +126,7 @@ async fn resolve_remote(sources: &Path, out: &Path, client: &crate::cli::ClientA
     // store the records; the server validates each alone
     let mut stored: Vec<&SourceRecord> = Vec::with_capacity(loaded.records.len());
     for batch in loaded.records.chunks(SUBMIT_BATCH) {
-        let records = batch.iter().map(to_wire).collect();
+        let records = batch.iter().map(rapport_identity::records::to_wire).collect();
         let response = identity
             .submit_records(authorized(pb::SubmitRecordsRequest { records }, &token)?)
             .await
@@ -230,43 +230,5 @@ async fn follow_run(
     match run.state() {
         pb::RunState::Succeeded => Ok(run),
         state => anyhow::bail!("matching run {} ended {:?}: {}", run.run_id, state, run.error),
-    }
-}
-
-/// A record as the contract carries it: the attributes it has, its external ids typed where the
-/// namespace names an identifier type.
-fn to_wire(r: &SourceRecord) -> pb::SourceRecord {
-    let attributes = ATTRIBUTE_NAMES
-        .iter()
-        .filter_map(|&name| r.attributes.get(name).map(|v| (name.to_owned(), v.to_owned())))
-        .collect();
-    let external_ids = r
-        .external_ids
-        .iter()
-        .map(|(namespace, value)| match crate::ops::identifier_type(namespace) {
-            Some(kind) if kind != IdentifierType::External => {
-                Identifier { r#type: kind as i32, value: value.clone(), namespace: String::new() }
-            }
-            _ => Identifier {
-                r#type: IdentifierType::External as i32,
-                value: value.clone(),
-                namespace: namespace.clone(),
-            },
-        })
-        .collect();
-    let kind = match r.kind {
-        EntityKind::Person => pb::EntityKind::Person,
-        EntityKind::Account => pb::EntityKind::Account,
-        EntityKind::Site => pb::EntityKind::Site,
-        EntityKind::Contact => pb::EntityKind::Contact,
-    };
-    pb::SourceRecord {
-        source: r.source.clone(),
-        record_id: r.record_id.clone(),
-        kind: kind as i32,
-        attributes,
-        external_ids,
-        parent: None,
-        updated_at: None,
     }
 }
